@@ -1,0 +1,91 @@
+"""The method contract: what a method plugin's factory returns.
+
+A method owns the forward graph and the update rule of one step; the engine owns data,
+optimizers, schedules, precision, checkpoints, evaluation and the protocol loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+
+@attrs.define
+class Batch:
+    """A batch already gathered, moved to the device and normalized (float images).
+
+    Label fields are None where they are hidden: a target batch carries only images unless
+    the method declares ``uses_target_labels`` (and pose only with ``use_target_pose``).
+    """
+
+    images: torch.Tensor
+    expression: torch.Tensor | None = None
+    yaw: torch.Tensor | None = None
+    pose_bin: torch.Tensor | None = None
+    subject: torch.Tensor | None = None
+    capture: torch.Tensor | None = None
+    landmarks: torch.Tensor | None = None
+    partner: Batch | None = None  # same subject and expression at another pose (cross-pose)
+
+
+@attrs.define
+class StepBatch:
+    source: Batch
+    target: Batch | None = None  # None while training on the source alone
+
+
+class Method:
+    """Base class for method plugins. Subclasses implement ``build`` and ``train_step``."""
+
+    #: Whether per-target adaptation steps run (False: the source model is used as is).
+    adapts: bool = True
+    #: Whether target batches carry expression labels (only the upper bound may).
+    uses_target_labels: bool = False
+    #: Whether source batches carry cross-pose partners.
+    needs_partners: bool = False
+
+    models: dict[str, nn.Module]
+
+    def build(self, ctx: Any) -> dict[str, nn.Module]:
+        """Build and return the named models (also kept as ``self.models``).
+
+        ``ctx`` (facedapt.engine.context.BuildContext) has ``num_classes``, ``num_pose_bins``,
+        ``num_subjects`` (source subjects; a target subject gets index ``num_subjects``),
+        ``image_shape`` (C, H, W), ``model`` (the recipe's role -> component spec) and
+        ``build(family, role, default=None, **provided)``, which builds the component the recipe
+        names for ``role`` (or ``default``) with engine-known arguments such as ``in_features``.
+        """
+        raise NotImplementedError
+
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        """Optimizer group -> names of the models it updates (one group by default)."""
+        return {"main": list(self.models)}
+
+    def train_step(self, batch: StepBatch, ctx: Any) -> dict[str, float]:
+        """One update; returns its losses as floats.
+
+        ``ctx`` (facedapt.engine.context.StepContext) has ``step``, ``progress`` in [0, 1]
+        through the phase, ``phase`` ("source" or "adapt"), ``autocast()`` and
+        ``update(loss, group="main", terms=None)``: backward, optional clipping and the optimizer
+        step of that group, with NaN/Inf checks that name the terms.
+        """
+        raise NotImplementedError
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Expression logits for normalized images."""
+        raise NotImplementedError
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named feature vectors ("expression", and "pose" where the method has one)."""
+        raise NotImplementedError
+
+    def start_adaptation(self, target_batches: Callable[[], Iterable[torch.Tensor]]) -> None:
+        """Called once before adapting to a target; e.g. AdaBN recomputes statistics here."""
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.models.values():
+            m.train(mode)

@@ -1,0 +1,1 @@
+"""Built-in dataset plugins: the synthetic faces and readers for real datasets."""
