@@ -1,8 +1,16 @@
-"""facedapt: pose-aware adversarial domain adaptation for personalized facial expression recognition."""
+"""facedapt: pose-aware adversarial domain adaptation for personalized facial expression recognition.
+
+Library use::
+
+    import facedapt
+    loaded = facedapt.load_recipe("recipes/pada.yaml", overrides=["train.steps=50"])
+    results = facedapt.run(loaded)
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from facedapt.hookspecs import hookimpl, hookspec
 
@@ -11,4 +19,23 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__", "hookimpl", "hookspec"]
+if TYPE_CHECKING:
+    from facedapt.recipe.load import LoadedRecipe
+
+
+def load_recipe(path: str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """Read a recipe file (or bundled recipe name), apply ``key=value`` / ``~key`` overrides."""
+    from facedapt.recipe.load import load_recipe as _load
+
+    return _load(path, overrides)
+
+
+def run(recipe: Any, *, run_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run a recipe (a LoadedRecipe, or a path/name) and return its results.json content."""
+    from facedapt.engine.run import run as _run
+
+    loaded = recipe if hasattr(recipe, "resolved") else load_recipe(recipe)
+    return _run(loaded, run_dir=run_dir, resume=resume)
+
+
+__all__ = ["__version__", "hookimpl", "hookspec", "load_recipe", "run"]

@@ -48,6 +48,9 @@ class Method:
     #: Whether source batches carry cross-pose partners.
     needs_partners: bool = False
 
+    #: Model role -> component family; the recipe's ``model:`` section may set these roles.
+    roles: dict[str, str] = {}
+
     models: dict[str, nn.Module]
 
     def build(self, ctx: Any) -> dict[str, nn.Module]:
@@ -75,11 +78,12 @@ class Method:
         """
         raise NotImplementedError
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Expression logits for normalized images."""
+    def predict(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor:
+        """Expression logits for normalized images (``domain`` picks per-domain statistics
+        where the method keeps them)."""
         raise NotImplementedError
 
-    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, images: torch.Tensor, domain: str = "target") -> dict[str, torch.Tensor]:
         """Named feature vectors ("expression", and "pose" where the method has one)."""
         raise NotImplementedError
 

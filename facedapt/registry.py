@@ -69,7 +69,7 @@ class Registry:
         if name in self._entries:
             return self._entries[name]
         if "." in name:
-            return Entry(name, _import_dotted(name, key=key, file=file), Origin(name, "<import>", ""))
+            return Entry(name, import_dotted(name, key=key, file=file), Origin(name, "<import>", ""))
         close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(self.names()) or 'none'}"
         raise RecipeError(f"unknown {self.family[:-1] if self.family.endswith('s') else self.family} {name!r}{hint}", file=file, key=key)
@@ -78,7 +78,7 @@ class Registry:
         return self.entry(name).factory
 
 
-def _import_dotted(path: str, *, key: str | None, file: str | None) -> Callable[..., Any]:
+def import_dotted(path: str, *, key: str | None, file: str | None) -> Callable[..., Any]:
     module_name, _, attr = path.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), attr)

@@ -28,8 +28,8 @@ EXPRESSIONS: tuple[str, ...] = (
 BASIC_EXPRESSIONS: tuple[str, ...] = EXPRESSIONS[:7]
 
 #: Yaw convention (all datasets): degrees, 0 is frontal, positive when the face is turned
-#: toward the viewer's right (the subject's left cheek faces the camera), as in Multi-PIE's
-#: camera 05_0 (+15) .. 24_0 (+90). A horizontal flip negates yaw.
+#: toward the viewer's right (the nose moves toward the image's right edge), as in
+#: Multi-PIE's camera 05_0 (+15) .. 24_0 (+90). A horizontal flip negates yaw.
 YAW_BIN_WIDTH = 15
 YAW_BINS = tuple(range(-90, 91, YAW_BIN_WIDTH))  # 13 bins, like Multi-PIE's 13 views
 NUM_POSE_BINS = len(YAW_BINS)

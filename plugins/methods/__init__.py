@@ -1,1 +1,17 @@
-"""Built-in training methods."""
+"""Built-in training methods: pose-aware ADA and the baselines it is compared with."""
+
+from __future__ import annotations
+
+from facedapt import hookimpl
+from facedapt_plugins.methods.baselines import CDAN, DANN, AdaBN, SourceOnly, TargetSupervised
+from facedapt_plugins.methods.pose_aware import PoseAwareADA
+
+
+@hookimpl
+def facedapt_register_methods(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.register("pada", PoseAwareADA)
+    registry.register("source_only", SourceOnly)
+    registry.register("adabn", AdaBN)
+    registry.register("dann", DANN)
+    registry.register("cdan", CDAN)
+    registry.register("target_supervised", TargetSupervised)

@@ -1,0 +1,219 @@
+"""The `facedapt` command line.
+
+Errors the user can act on print as one line (exit 2 for usage and data, 1 at run time);
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+import facedapt
+from facedapt.errors import FacedaptError, UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _blocked(args: argparse.Namespace) -> list[str]:
+    out = []
+    for item in getattr(args, "plugin_opts", None) or []:
+        if not item.startswith("no:") or len(item) <= 3:
+            raise UsageError(f"-p {item!r}: expected -p no:NAME to block a plugin")
+        out.append(item[3:])
+    return out
+
+
+def _load(args: argparse.Namespace, recipe: str, overrides: list[str]) -> Any:
+    from facedapt.recipe.load import load_recipe
+
+    blocked = _blocked(args)
+    if blocked:
+        overrides = [*overrides, f"plugins.block={json.dumps(blocked)}"]
+    return load_recipe(recipe, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from facedapt.engine.run import run
+
+    loaded = _load(args, args.recipe, args.overrides)
+    results = run(loaded, run_dir=args.run_dir, resume=args.resume, allow_changed=args.allow_changed_recipe)
+    print(f"target accuracy {results['target_accuracy']:.4f} (selection: {results['selection']}) over "
+          f"{len(results['per_subject'])} target(s)")
+    for sid, v in results["per_subject"].items():
+        print(f"  {sid}: {v['accuracy']:.4f} (n={v['n']})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from facedapt.plugin_manager import get_plugins
+    from facedapt.recipe.validate import validate
+
+    for recipe in args.recipes:
+        loaded = _load(args, recipe, args.overrides)
+        validate(loaded, get_plugins(loaded.recipe.plugins.block))
+        print(f"{loaded.path}: ok")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from facedapt.hookspecs import FAMILIES
+    from facedapt.plugin_manager import get_plugins
+
+    plugins = get_plugins(_blocked(args))
+    table = {
+        family: [{"name": e.name, "plugin": e.origin.plugin, "distribution": e.origin.distribution,
+                  "version": e.origin.version} for e in plugins.registry(family)]
+        for family in FAMILIES
+    }
+    failed = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in plugins.failed]
+    if args.json:
+        print(json.dumps({"families": table, "failed": failed}, indent=2))
+        return 0
+    for family, rows in table.items():
+        print(f"{family}:")
+        for row in rows:
+            print(f"  {row['name']:<24} {row['distribution']} {row['version']}")
+    for f in failed:
+        print(f"failed to load: {f['name']} ({f['distribution']}): {f['error']}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from facedapt.recipe.load import bundled_recipes, read_yaml
+
+    recipes = bundled_recipes()
+    if args.action == "copy":
+        if not args.name or args.name not in recipes:
+            raise UsageError(f"recipes copy: unknown recipe {args.name!r}; bundled: {', '.join(recipes)}")
+        dest = Path(args.dest or f"{args.name}.yaml")
+        if dest.is_dir():
+            dest = dest / f"{args.name}.yaml"
+        if dest.exists():
+            raise UsageError(f"{dest}: already exists; not overwriting")
+        text = recipes[args.name].read_text(encoding="utf-8")
+        parent = read_yaml(recipes[args.name]).get("extends")
+        if parent:  # the copy lives elsewhere: point `extends` at the bundled recipe by name
+            text = text.replace(f"extends: {parent}", f"extends: {Path(str(parent)).stem}")
+        dest.write_text(text, encoding="utf-8")
+        print(f"copied {args.name} to {dest}")
+        return 0
+    for name, path in recipes.items():
+        first = next((ln[1:].strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
+        print(f"{name:<28} {first}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from facedapt.data.export import write_manifest
+    from facedapt.data.store import materialize
+    from facedapt.plugin_manager import get_plugins
+
+    factory = get_plugins().registry("datasets").get("synthetic")
+    kwargs: dict[str, Any] = {"seed": args.seed}
+    if args.preset:
+        kwargs["preset"] = args.preset
+    samples = materialize(factory(**kwargs))
+    out = write_manifest(samples, Path(args.out))
+    print(f"wrote {len(samples)} faces to {out}")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from facedapt.data.inspect import format_summary, summarize
+    from facedapt.plugin_manager import get_plugins
+
+    registry = get_plugins().registry("datasets")
+    entry = registry.entry(args.dataset, key="--dataset")
+    kwargs: dict[str, Any] = {"root": args.root, "on_bad_image": "skip"}
+    source = entry.factory(**kwargs)
+    summary = summarize(source.load())
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facedapt", description="Pose-aware adversarial domain adaptation for "
+                                     "personalized facial expression recognition.")
+    parser.add_argument("--version", action="version", version=f"facedapt {facedapt.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-p", dest="plugin_opts", action="append", metavar="no:NAME", help="block a plugin by entry-point name")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train and evaluate a recipe", description="Train and evaluate a recipe. "
+                       "Overrides: key=value (YAML value), ~key deletes.")
+    p.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
+    p.add_argument("overrides", nargs="*", help="key=value or ~key")
+    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<recipe>/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue a run (the newest of this recipe without --run-dir)")
+    p.add_argument("--allow-changed-recipe", action="store_true", help="resume although the recipe changed")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check recipes completely without building models or reading data")
+    p.add_argument("recipes", nargs="+", help="recipe files or bundled names")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="an override")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plugins", help="list registered components by family")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("recipes", help="list bundled recipes, or copy one to edit")
+    p.add_argument("action", nargs="?", choices=["list", "copy"], default="list")
+    p.add_argument("name", nargs="?")
+    p.add_argument("dest", nargs="?")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("data", help="generate synthetic faces or inspect a dataset")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = dsub.add_parser("synth", help="write a synthetic face set as PNG files plus manifest.csv")
+    q.add_argument("--preset", help="preset name (default: the default preset)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="output folder")
+    q.set_defaults(func=cmd_data_synth)
+    q = dsub.add_parser("inspect", help="counts per expression, subject and pose, and every problem found")
+    q.add_argument("--dataset", required=True, help="registered dataset name (kdef, multipie, manifest, ...)")
+    q.add_argument("--root", required=True, help="dataset root folder (or manifest file)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_data_inspect)
+
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    logger.remove()
+    level = "WARNING" if args.quiet else "DEBUG" if args.verbose else "INFO"
+    logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss}</green> {level: <7} {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        return int(args.func(args) or 0)
+    except FacedaptError as exc:
+        if args.debug:
+            raise
+        print(f"facedapt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("facedapt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal fault: one line, the traceback behind --debug
+        if args.debug:
+            raise
+        print(f"facedapt: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Checkpoints: all state in plain tensors and containers (loads with weights_only=True),
+written atomically (temporary file, flush, fsync, rename)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facedapt.errors import CheckpointError
+
+FORMAT = 1
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(_flatten_py(random.getstate()))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _flatten_py(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` so that a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": FORMAT, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a facedapt checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
+    return state
+
+
+_STEP = re.compile(r"ckpt-(\d+)\.pt$")
+
+
+def periodic(directory: Path) -> list[Path]:
+    """Periodic checkpoints in ``directory``, oldest first."""
+    found = [p for p in directory.glob("ckpt-*.pt") if _STEP.search(p.name)]
+    return sorted(found, key=lambda p: int(_STEP.search(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def prune(directory: Path, keep: int) -> None:
+    for old in periodic(directory)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,103 @@
+"""The objects a method sees: BuildContext at build time, StepContext during a step."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from facedapt.errors import NumericalError, RecipeError
+from facedapt.plugin_manager import Plugins
+from facedapt.recipe.schema import Component
+
+
+@attrs.define
+class BuildContext:
+    """Shapes the method builds for, and the recipe's model section (role -> component)."""
+
+    plugins: Plugins
+    roles: dict[str, str]  # role -> family, from the method class
+    model: dict[str, Component]
+    num_classes: int
+    num_pose_bins: int
+    num_subjects: int
+    image_shape: tuple[int, int, int]
+
+    def build(self, role: str, default: str | Component | None = None, **provided: Any) -> Any:
+        """Build the component the recipe names for ``role`` (else ``default``), passing the
+        engine-known ``provided`` arguments (in_features, num_classes, ...)."""
+        comp = self.model.get(role)
+        if comp is None:
+            if default is None:
+                raise RecipeError(f"the method needs a component for model role {role!r}", key=f"model.{role}")
+            comp = default if isinstance(default, Component) else Component(default)
+        family = self.roles[role]
+        factory = self.plugins.registry(family).get(comp.name)
+        return factory(**{**provided, **comp.kwargs})
+
+    def has(self, role: str) -> bool:
+        return role in self.model
+
+
+class StepContext:
+    """Progress through the phase, precision, and the update rule's backward/step."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], params: dict[str, list[nn.Parameter]],
+                 autocast: Callable[[], contextlib.AbstractContextManager], scaler: torch.amp.GradScaler | None,
+                 grad_clip: float | None, nan_policy: str, total_steps: int, phase: str) -> None:
+        self.optimizers = optimizers
+        self.params = params
+        self._autocast = autocast
+        self.scaler = scaler
+        self.grad_clip = grad_clip
+        self.nan_policy = nan_policy
+        self.total_steps = max(1, total_steps)
+        self.phase = phase
+        self.step = 0
+        self.skipped = False
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / self.total_steps)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return self._autocast()
+
+    def check_finite(self, terms: dict[str, torch.Tensor]) -> bool:
+        """False (and the step is to be skipped) if any term is NaN/Inf under policy `skip`."""
+        for name, value in terms.items():
+            v = float(value.detach())
+            if not math.isfinite(v):
+                if self.nan_policy == "abort":
+                    raise NumericalError(f"loss term {name!r} is {v} at {self.phase} step {self.step} "
+                                         "(train.nan_policy=skip skips such steps; train.grad_clip may help)")
+                self.skipped = True
+                return False
+        return True
+
+    def update(self, loss: torch.Tensor, group: str = "main", terms: dict[str, torch.Tensor] | None = None,
+               retain_graph: bool = False) -> bool:
+        """Backward ``loss`` and step optimizer ``group``; returns False if the step was skipped."""
+        if not self.check_finite(terms or {"loss": loss}):
+            self.optimizers[group].zero_grad(set_to_none=True)
+            return False
+        opt = self.optimizers[group]
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward(retain_graph=retain_graph)
+            if self.grad_clip:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.params[group], self.grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            loss.backward(retain_graph=retain_graph)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params[group], self.grad_clip)
+            opt.step()
+        return True

@@ -1,0 +1,220 @@
+"""One training phase: source training, or adaptation to one target.
+
+The loop owns samplers, gathering, on-device augmentation (isolated from the training RNG
+stream), optimizers and schedulers, logging, periodic checkpoints and model selection; the
+method owns the step's forward graph and update rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from loguru import logger
+
+from facedapt.data.batches import EndlessSampler, PartnerTable, balanced_weights, gather
+from facedapt.data.splits import Domain
+from facedapt.engine import checkpoint
+from facedapt.engine.context import StepContext
+from facedapt.engine.evaluate import predict_domain
+from facedapt.engine.precision import autocast
+from facedapt.method import Batch, Method, StepBatch
+from facedapt.plugin_manager import Plugins
+from facedapt.recipe.schema import Component, Recipe
+from facedapt.registry import import_dotted
+
+
+@attrs.define
+class PhaseSpec:
+    phase: str  # "source" | "adapt"
+    source: Domain
+    target: Domain | None
+    steps: int
+    directory: Path
+    seed: int
+    select_on: Domain | None = None  # scored every eval_every steps for model selection
+    select_domain: str = "source"
+
+
+def seed_of(*parts: Any) -> int:
+    """A stable 31-bit seed from parts (str hash is salted per process; this is not)."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+class PhaseRunner:
+    def __init__(self, recipe: Recipe, plugins: Plugins, method: Method, device: torch.device, precision: str,
+                 run: Any, augmentations: list[Any]) -> None:
+        self.recipe = recipe
+        self.plugins = plugins
+        self.method = method
+        self.device = device
+        self.precision = precision
+        self.run = run
+        self.augmentations = augmentations
+
+    def amp(self) -> Any:
+        """The run's autocast context (a fresh one per use)."""
+        return autocast(self.precision, self.device)
+
+    # -- optimizers -----------------------------------------------------------------
+    def _optimizers(self, phase: str) -> tuple[dict[str, torch.optim.Optimizer], dict[str, list], list]:
+        t = self.recipe.train
+        base = t.adapt_optimizer if (phase == "adapt" and t.adapt_optimizer is not None) else t.optimizer
+        optimizers, params, schedulers = {}, {}, []
+        for group, names in self.method.optimizer_groups().items():
+            ps = [p for n in names for p in self.method.models[n].parameters() if p.requires_grad]
+            if not ps:
+                continue
+            comp: Component = t.group_optimizers.get(group, base)
+            opt = import_dotted(comp.name, key="train.optimizer", file=None)(ps, **comp.kwargs)
+            optimizers[group], params[group] = opt, ps
+            if t.scheduler is not None:
+                schedulers.append(import_dotted(t.scheduler.name, key="train.scheduler", file=None)(opt, **t.scheduler.kwargs))
+        return optimizers, params, schedulers
+
+    def _augment(self, batch: Batch, seed: int) -> Batch:
+        if not self.augmentations:
+            return batch
+        devices = [self.device] if self.device.type == "cuda" else []
+        # Kornia draws from the global generator: fork it so training randomness is unchanged.
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for aug in self.augmentations:
+                batch = aug(batch)
+        return batch
+
+    # -- the loop -------------------------------------------------------------------
+    def run_phase(self, spec: PhaseSpec) -> dict[str, Any]:
+        r, t = self.recipe, self.recipe.train
+        method, device = self.method, self.device
+        optimizers, params, schedulers = self._optimizers(spec.phase)
+        scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        ctx = StepContext(optimizers, params, self.amp, scaler, t.grad_clip, t.nan_policy, spec.steps, spec.phase)
+
+        src = spec.source
+        weights = balanced_weights(src.samples, src.indices) if r.data.sampler == "balanced" else None
+        src_sampler = EndlessSampler(src.indices, t.batch_size, seed_of(r.seed, spec.phase, "source", spec.seed), weights)
+        tgt_sampler = None
+        if spec.target is not None:
+            tgt_sampler = EndlessSampler(spec.target.indices, t.target_batch_size or t.batch_size,
+                                         seed_of(r.seed, spec.phase, "target", spec.seed))
+        partners = PartnerTable(src.samples) if method.needs_partners else None
+        partner_gen = torch.Generator()
+
+        step, best, history = 0, None, []
+        latest = checkpoint.periodic(spec.directory)
+        if latest:
+            state = checkpoint.load(latest[-1], map_location=device)
+            self._restore(state, optimizers, schedulers, scaler, src_sampler, tgt_sampler)
+            step, best, history = int(state["step"]), state.get("best"), list(state.get("history", []))
+            partner_gen.set_state(state["partner_rng"])
+            logger.info("resumed {} at step {} from {}", spec.phase, step, latest[-1])
+        else:
+            torch.manual_seed(seed_of(r.seed, spec.phase, "init", spec.seed))
+            partner_gen.manual_seed(seed_of(r.seed, "partners", spec.seed))
+
+        metrics_file = (spec.directory / "metrics.jsonl").open("a", encoding="utf-8")
+        labels_on_target = method.uses_target_labels
+        started = time.perf_counter()
+        method.train(True)
+        try:
+            while step < spec.steps:
+                ctx.step, ctx.skipped = step, False
+                idx = src_sampler.next()
+                sb = gather(src.samples, idx, device, channels_last=t.channels_last)
+                if partners is not None:
+                    sb.partner = gather(src.samples, partners.draw(idx, partner_gen), device, channels_last=t.channels_last)
+                sb = self._augment(sb, seed_of(r.seed, spec.phase, spec.seed, step, "aug"))
+                tb = None
+                if tgt_sampler is not None and spec.target is not None:
+                    tb = gather(spec.target.samples, tgt_sampler.next(), device, labels=labels_on_target,
+                                pose=labels_on_target or r.data.use_target_pose, channels_last=t.channels_last)
+                    if r.data.augment_target:
+                        tb = self._augment(tb, seed_of(r.seed, spec.phase, spec.seed, step, "aug-t"))
+                losses = method.train_step(StepBatch(sb, tb), ctx)
+                for sched in schedulers:
+                    sched.step()
+                step += 1
+                self.run.step = step
+                if step % max(1, t.log_every) == 0 or step == spec.steps:
+                    rec = {"phase": spec.phase, "target": self.run.target, "step": step,
+                           "skipped": ctx.skipped, **{k: round(float(v), 6) for k, v in losses.items()}}
+                    metrics_file.write(json.dumps(rec) + "\n")
+                    metrics_file.flush()
+                    history.append(rec)
+                    self.plugins.hook.facedapt_on_step_end(run=self.run, step=step, metrics=rec)
+                if spec.select_on is not None and t.eval_every and step % t.eval_every == 0 and step < spec.steps:
+                    best = self._select(spec, best, step)
+                    method.train(True)
+                if t.checkpoint_every and step % t.checkpoint_every == 0 and step < spec.steps:
+                    self._save(spec, step, optimizers, schedulers, scaler, src_sampler, tgt_sampler, best, history, partner_gen)
+        finally:
+            metrics_file.close()
+        if spec.select_on is not None:
+            best = self._select(spec, best, step)
+            if best is not None and best["step"] != step:
+                _load_models(method, best["models"])
+                logger.info("{} selection kept step {} (score {:.4f})", r.eval.selection, best["step"], best["score"])
+        seconds = time.perf_counter() - started
+        return {"steps": step, "seconds": seconds, "selected_step": best["step"] if best else step}
+
+    def _select(self, spec: PhaseSpec, best: dict | None, step: int) -> dict | None:
+        assert spec.select_on is not None
+        dom = spec.select_on
+        out = predict_domain(self.method, dom, self.device, self.recipe.eval.batch_size,
+                             self.amp, domain_name=spec.select_domain)
+        true = dom.samples.expression[dom.indices]
+        score = float((out["pred"] == true).float().mean())
+        if best is None or score > best["score"]:
+            return {"step": step, "score": score, "models": _model_state(self.method)}
+        return best
+
+    def _save(self, spec: PhaseSpec, step: int, optimizers: dict, schedulers: list, scaler: Any,
+              src_sampler: EndlessSampler, tgt_sampler: EndlessSampler | None, best: Any, history: list,
+              partner_gen: torch.Generator) -> None:
+        state = {
+            "phase": spec.phase,
+            "target": self.run.target or "",
+            "step": step,
+            "models": _model_state(self.method),
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": [s.state_dict() for s in schedulers],
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "samplers": {"source": src_sampler.state_dict(), "target": tgt_sampler.state_dict() if tgt_sampler else {}},
+            "rng": checkpoint.rng_state(),
+            "partner_rng": partner_gen.get_state(),
+            "best": best,
+            "history": history,
+            **self.run.stamp(),
+        }
+        checkpoint.save(state, spec.directory / f"ckpt-{step:07d}.pt")
+        checkpoint.prune(spec.directory, self.recipe.train.keep_checkpoints)
+
+    def _restore(self, state: dict, optimizers: dict, schedulers: list, scaler: Any, src_sampler: EndlessSampler,
+                 tgt_sampler: EndlessSampler | None) -> None:
+        _load_models(self.method, state["models"])
+        for k, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for s, sd in zip(schedulers, state["schedulers"]):
+            s.load_state_dict(sd)
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        src_sampler.load_state_dict(state["samplers"]["source"])
+        if tgt_sampler is not None:
+            tgt_sampler.load_state_dict(state["samplers"]["target"])
+        checkpoint.set_rng_state(state["rng"])
+
+
+def _model_state(method: Method) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in method.models.items()}
+
+
+def _load_models(method: Method, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for name, m in method.models.items():
+        m.load_state_dict(copy.deepcopy(state[name]))

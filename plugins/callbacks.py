@@ -1,0 +1,30 @@
+"""Built-in lifecycle callbacks: progress lines in the log."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from loguru import logger
+
+from facedapt import hookimpl
+
+_started: dict[int, float] = {}
+
+
+@hookimpl
+def facedapt_on_run_start(run: Any) -> None:
+    _started[id(run)] = time.perf_counter()
+
+
+@hookimpl
+def facedapt_on_step_end(run: Any, step: int, metrics: dict[str, Any]) -> None:
+    losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    where = f"{metrics['phase']}" + (f" {metrics['target']}" if metrics.get("target") else "")
+    elapsed = time.perf_counter() - _started.get(id(run), time.perf_counter())
+    logger.info("{} step {} {} ({:.0f}s)", where, step, losses, elapsed)
+
+
+@hookimpl
+def facedapt_on_run_end(run: Any, results: dict[str, Any]) -> None:
+    _started.pop(id(run), None)

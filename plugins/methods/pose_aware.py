@@ -1,0 +1,363 @@
+"""Pose-aware adversarial domain adaptation (a reconstruction of arXiv 2007.05932).
+
+Not TLlib's "Partial Adversarial Domain Adaptation", which shares the acronym PADA.
+
+Networks (roles a recipe may set under ``model:``): a backbone B, expression and pose encoders
+E_e and E_p, classifiers C_e and C_p, domain discriminators D_e and D_p (or one joint), cross
+classifiers X_p (pose from f_e) and X_e (expression from f_p), and a decoder G. The encoder
+objective is ``L_sup + adv_weight * L_adv + cross_weight * L_cross + rec_weight * L_rec``.
+Every strategy has a switch; the baselines (source-only, AdaBN, DANN, CDAN, the target-
+supervised upper bound) are configurations of the same networks, so comparisons differ only
+in the terms switched on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from facedapt.errors import RecipeError
+from facedapt.method import Batch, Method, StepBatch
+from facedapt_plugins.layers import GradientReversalLayer, convert_to_domain_bn, domain, grad_reverse, recompute_bn_stats
+from facedapt_plugins.losses import Confusion, DomainAdversarial, entropy
+
+ROLES = {
+    "backbone": "backbones",
+    "pose_backbone": "backbones",
+    "expression_encoder": "heads",
+    "pose_encoder": "heads",
+    "expression_classifier": "heads",
+    "pose_classifier": "heads",
+    "cross_pose_classifier": "heads",
+    "cross_expression_classifier": "heads",
+    "expression_discriminator": "discriminators",
+    "pose_discriminator": "discriminators",
+    "decoder": "decoders",
+    "reconstruction_loss": "losses",
+}
+
+
+def _choice(name: str, value: Any, options: tuple) -> Any:
+    if value not in options:
+        raise RecipeError(f"{value!r} is not one of {', '.join(map(str, options))}", key=f"method.{name}")
+    return value
+
+
+class PoseAwareADA(Method):
+    roles = ROLES
+
+    def __init__(
+        self,
+        feature_dim: int = 128,
+        pose_feature_dim: int = 64,
+        norm: Literal["shared", "per_domain"] = "per_domain",
+        shared_trunk: bool = True,
+        pose_branch: bool = True,
+        pose_weight: float = 0.5,
+        adaptation: bool = True,
+        adversarial: Literal["grl", "alternating"] = "grl",
+        adv_weight: float = 0.1,
+        adapt_pose_features: bool = True,
+        joint_discriminator: bool = False,
+        conditional: bool = False,
+        entropy_conditioning: bool = False,
+        max_lambda: float = 1.0,
+        warmup_gamma: float = 10.0,
+        target_entropy_weight: float = 0.0,
+        cross_adversarial: bool = True,
+        cross_mode: Literal["confusion", "grl"] = "confusion",
+        cross_weight: float = 0.1,
+        reconstruction: bool = True,
+        rec_weight: float = 0.5,
+        identity_code: Literal["none", "subject_embedding"] = "subject_embedding",
+        identity_dim: int = 16,
+        cross_pose: bool = True,
+        adabn: bool = True,
+        label_smoothing: float = 0.0,
+        adapts: bool = True,
+        target_supervised: bool = False,
+    ) -> None:
+        self.cfg = dict(locals())
+        self.cfg.pop("self")
+        _choice("norm", norm, ("shared", "per_domain"))
+        _choice("adversarial", adversarial, ("grl", "alternating"))
+        _choice("cross_mode", cross_mode, ("confusion", "grl"))
+        _choice("identity_code", identity_code, ("none", "subject_embedding"))
+        for key in ("pose_weight", "adv_weight", "cross_weight", "rec_weight", "target_entropy_weight"):
+            if self.cfg[key] < 0:
+                raise RecipeError(f"must not be negative, got {self.cfg[key]}", key=f"method.{key}")
+        if conditional and joint_discriminator:
+            raise RecipeError("a conditional discriminator conditions f_e on expression predictions; it cannot be joint",
+                              key="method.joint_discriminator")
+        self.__dict__.update(self.cfg)
+        self.pose_branch = pose_branch
+        # Terms that need the pose branch are off without it (the "without pose branch" ablation).
+        self.use_adv = adaptation and adv_weight > 0
+        self.use_cross = cross_adversarial and pose_branch and cross_weight > 0
+        self.use_rec = reconstruction and rec_weight > 0
+        self.needs_partners = self.use_rec and cross_pose and pose_branch
+        self.adapts = adapts
+        self.uses_target_labels = target_supervised
+        self.ce = nn.CrossEntropyLoss(ignore_index=-1, label_smoothing=label_smoothing)
+        self.dom = DomainAdversarial()
+        self.confusion = Confusion()
+
+    # -- building ---------------------------------------------------------------
+    def build(self, ctx: Any) -> dict[str, nn.Module]:
+        c, h, _ = ctx.image_shape
+        m: dict[str, nn.Module] = {}
+        m["backbone"] = ctx.build("backbone", "convnet", in_channels=c, image_size=h)
+        width = m["backbone"].out_features
+        m["expression_encoder"] = ctx.build("expression_encoder", "mlp", in_features=width, out_features=self.feature_dim)
+        m["expression_classifier"] = ctx.build("expression_classifier", "linear", in_features=self.feature_dim,
+                                               num_classes=ctx.num_classes)
+        if self.pose_branch:
+            pose_width = width
+            if not self.shared_trunk:
+                m["pose_backbone"] = ctx.build("pose_backbone", "convnet", in_channels=c, image_size=h)
+                pose_width = m["pose_backbone"].out_features
+            m["pose_encoder"] = ctx.build("pose_encoder", "mlp", in_features=pose_width, out_features=self.pose_feature_dim)
+            m["pose_classifier"] = ctx.build("pose_classifier", "linear", in_features=self.pose_feature_dim,
+                                             num_classes=ctx.num_pose_bins)
+        if self.use_adv:
+            if self.joint_discriminator and self.pose_branch:
+                m["expression_discriminator"] = ctx.build("expression_discriminator", "mlp",
+                                                          in_features=self.feature_dim + self.pose_feature_dim)
+            elif self.conditional:
+                m["expression_discriminator"] = ctx.build("expression_discriminator", "conditional",
+                                                          in_features=self.feature_dim, num_classes=ctx.num_classes)
+            else:
+                m["expression_discriminator"] = ctx.build("expression_discriminator", "mlp", in_features=self.feature_dim)
+            if self.pose_branch and self.adapt_pose_features and not self.joint_discriminator:
+                m["pose_discriminator"] = ctx.build("pose_discriminator", "mlp", in_features=self.pose_feature_dim)
+            m["grl"] = GradientReversalLayer(self.max_lambda, self.warmup_gamma, max_steps=1, auto_step=False)
+        if self.use_cross:
+            m["cross_pose_classifier"] = ctx.build("cross_pose_classifier", "linear", in_features=self.feature_dim,
+                                                   num_classes=ctx.num_pose_bins)
+            m["cross_expression_classifier"] = ctx.build("cross_expression_classifier", "linear",
+                                                         in_features=self.pose_feature_dim, num_classes=ctx.num_classes)
+        if self.use_rec:
+            code = self.feature_dim + (self.pose_feature_dim if self.pose_branch else 0)
+            if self.identity_code == "subject_embedding":
+                # One code per source subject plus one for the target person (a single person).
+                m["identity"] = nn.Embedding(ctx.num_subjects + 1, self.identity_dim)
+                code += self.identity_dim
+            self.target_identity = ctx.num_subjects
+            m["decoder"] = ctx.build("decoder", "conv", in_features=code, out_channels=c, image_size=h)
+            self.rec_loss = ctx.build("reconstruction_loss", "l1")
+        if self.norm == "per_domain":
+            for name in ("backbone", "pose_backbone", "expression_encoder", "pose_encoder"):
+                if name in m:
+                    m[name] = convert_to_domain_bn(m[name])
+        self.models = m
+        return m
+
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        names = [n for n in self.models if n != "grl"]
+        groups = {"main": [n for n in names if not n.startswith("cross_")]}
+        if self.use_cross and self.cross_mode == "confusion":
+            groups["cross"] = ["cross_pose_classifier", "cross_expression_classifier"]
+        elif self.use_cross:  # grl: one loss trains the classifiers and, reversed, the encoders
+            groups["main"] += ["cross_pose_classifier", "cross_expression_classifier"]
+        if self.use_adv and self.adversarial == "alternating":
+            disc = [n for n in ("expression_discriminator", "pose_discriminator") if n in self.models]
+            groups["main"] = [n for n in groups["main"] if n not in disc]
+            groups["discriminator"] = disc
+        return groups
+
+    # -- forward ---------------------------------------------------------------
+    def encode(self, images: torch.Tensor, domain_name: str) -> dict[str, torch.Tensor]:
+        m = self.models
+        trunk = [m[n] for n in ("backbone", "pose_backbone", "expression_encoder", "pose_encoder") if n in m]
+        with _domains(trunk, domain_name):
+            hidden = m["backbone"](images)
+            out = {"expression": m["expression_encoder"](hidden)}
+            if self.pose_branch:
+                pose_hidden = m["pose_backbone"](images) if "pose_backbone" in m else hidden
+                out["pose"] = m["pose_encoder"](pose_hidden)
+        return out
+
+    def predict(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor:
+        return self.models["expression_classifier"](self.encode(images, domain)["expression"])
+
+    def features(self, images: torch.Tensor, domain: str = "target") -> dict[str, torch.Tensor]:
+        return self.encode(images, domain)
+
+    def start_adaptation(self, target_batches: Callable[[], Iterable[torch.Tensor]]) -> None:
+        """Per-domain normalization starts from the target's own statistics (AdaBN)."""
+        if not self.adabn:
+            return
+        m = self.models
+        forward = lambda x: self.encode(x, "target")  # noqa: E731
+        modules = nn.ModuleList([m[n] for n in ("backbone", "pose_backbone", "expression_encoder", "pose_encoder") if n in m])
+        target = "target" if self.norm == "per_domain" else None
+        recompute_bn_stats(modules, target_batches(), domain=target, forward=forward)
+
+    # -- the step --------------------------------------------------------------
+    def train_step(self, batch: StepBatch, ctx: Any) -> dict[str, float]:
+        src, tgt = batch.source, batch.target
+        m = self.models
+        terms: dict[str, torch.Tensor] = {}
+        with ctx.autocast():
+            fs = self._encode_pair(src, tgt)
+            f_s, f_t = fs["source"], fs.get("target")
+            logits_s = m["expression_classifier"](f_s["expression"])
+            terms["expression"] = self.ce(logits_s.float(), src.expression)
+            if self.uses_target_labels and f_t is not None and tgt.expression is not None:
+                terms["target_expression"] = self.ce(m["expression_classifier"](f_t["expression"]).float(), tgt.expression)
+            if self.pose_branch and src.pose_bin is not None and self.pose_weight > 0:
+                terms["pose"] = self.pose_weight * self.ce(m["pose_classifier"](f_s["pose"]).float(), src.pose_bin)
+            adapting = f_t is not None and self.adapts and not self.uses_target_labels
+            if self.use_adv and adapting and self.adversarial == "grl":
+                terms["adversarial"] = self.adv_weight * self._adversarial(f_s, f_t, logits_s, reverse=True)
+            if adapting and self.target_entropy_weight > 0:
+                logits_t = m["expression_classifier"](f_t["expression"])
+                terms["target_entropy"] = self.target_entropy_weight * entropy(logits_t).mean()
+            if self.use_cross:
+                terms["cross"] = self.cross_weight * self._cross_encoder_term(f_s, src)
+            if self.use_rec:
+                terms["reconstruction"] = self.rec_weight * self._reconstruction(src, f_s, tgt, f_t)
+            if self.use_adv and adapting and self.adversarial == "alternating":
+                with _no_param_grad(*[m[n] for n in ("expression_discriminator", "pose_discriminator") if n in m]):
+                    terms["adversarial"] = self.adv_weight * self._adversarial(f_s, f_t, logits_s, reverse=False,
+                                                                               mode="flipped")
+        total = sum(terms.values())
+        ctx.update(total, "main", terms)
+        if self.use_cross and self.cross_mode == "confusion":
+            with ctx.autocast():
+                cross = self._cross_classifier_term(f_s, src)
+            ctx.update(cross, "cross", {"cross_classifiers": cross})
+            terms["cross_classifiers"] = cross
+        if self.use_adv and adapting and self.adversarial == "alternating":
+            with ctx.autocast():
+                detached_s = {k: v.detach() for k, v in f_s.items()}
+                detached_t = {k: v.detach() for k, v in f_t.items()}
+                disc = self._adversarial(detached_s, detached_t, logits_s.detach(), reverse=False)
+            ctx.update(disc, "discriminator", {"discriminator": disc})
+            terms["discriminator"] = disc
+        if "grl" in m and adapting:
+            m["grl"].max_steps = ctx.total_steps  # the warm-up spans the adaptation phase
+            m["grl"].advance()
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["loss"] = float(total.detach())
+        return out
+
+    def _encode_pair(self, src: Batch, tgt: Batch | None) -> dict[str, dict[str, torch.Tensor]]:
+        if tgt is None:
+            return {"source": self.encode(src.images, "source")}
+        if self.norm == "per_domain":  # separate statistics need separate passes
+            return {"source": self.encode(src.images, "source"), "target": self.encode(tgt.images, "target")}
+        # One forward over the concatenated batch (shared statistics).
+        both = self.encode(torch.cat([src.images, tgt.images]), "source")
+        n = len(src.images)
+        return {"source": {k: v[:n] for k, v in both.items()}, "target": {k: v[n:] for k, v in both.items()}}
+
+    def _adversarial(self, f_s: dict, f_t: dict, logits_s: torch.Tensor, reverse: bool,
+                     mode: str = "discriminator") -> torch.Tensor:
+        """Domain loss of the discriminators on both features. Each discriminator sees the
+        concatenated source+target batch once, so its normalization mixes the domains."""
+        m = self.models
+        n = len(logits_s)
+
+        def judge(disc: nn.Module, xs: torch.Tensor, xt: torch.Tensor, *cond: torch.Tensor,
+                  weights: tuple = (None, None)) -> torch.Tensor:
+            x = torch.cat([xs, xt])
+            x = m["grl"](x) if reverse else x
+            out = disc(x, *cond).float()
+            return self.dom(out[:n], out[n:], *weights, mode=mode)
+
+        if self.joint_discriminator and self.pose_branch:
+            return judge(m["expression_discriminator"], torch.cat([f_s["expression"], f_s["pose"]], 1),
+                         torch.cat([f_t["expression"], f_t["pose"]], 1))
+        if self.conditional:
+            logits_t = m["expression_classifier"](f_t["expression"])
+            weights: tuple = (None, None)
+            if self.entropy_conditioning:  # CDAN+E: confident samples count more
+                weights = (1.0 + torch.exp(-entropy(logits_s.detach())), 1.0 + torch.exp(-entropy(logits_t.detach())))
+            logits = torch.cat([logits_s, logits_t])
+            loss = judge(m["expression_discriminator"], f_s["expression"], f_t["expression"],
+                         m["grl"](logits) if reverse else logits, weights=weights)
+        else:
+            loss = judge(m["expression_discriminator"], f_s["expression"], f_t["expression"])
+        if "pose_discriminator" in m:
+            loss = loss + judge(m["pose_discriminator"], f_s["pose"], f_t["pose"])
+        return loss
+
+    def _cross_encoder_term(self, f: dict[str, torch.Tensor], src: Batch) -> torch.Tensor:
+        """Encoders learn features from which the cross classifiers learn nothing."""
+        m = self.models
+        xp, xe = m["cross_pose_classifier"], m["cross_expression_classifier"]
+        if self.cross_mode == "confusion":
+            # Push predictions to uniform; the classifiers' own parameters take no gradient here.
+            with _no_param_grad(xp, xe):
+                return self.confusion(xp(f["expression"]).float()) + self.confusion(xe(f["pose"]).float())
+        # grl: the classifiers minimise their loss, the encoders receive its reversed gradient.
+        return self._cross_ce(xp(grad_reverse(f["expression"])), xe(grad_reverse(f["pose"])), src)
+
+    def _cross_classifier_term(self, f: dict[str, torch.Tensor], src: Batch) -> torch.Tensor:
+        """The cross classifiers learn pose from f_e and expression from f_p (features detached)."""
+        m = self.models
+        return self._cross_ce(m["cross_pose_classifier"](f["expression"].detach()),
+                              m["cross_expression_classifier"](f["pose"].detach()), src)
+
+    def _cross_ce(self, pose_logits: torch.Tensor, expression_logits: torch.Tensor, src: Batch) -> torch.Tensor:
+        loss = self.ce(expression_logits.float(), src.expression)
+        if src.pose_bin is not None:
+            loss = loss + self.ce(pose_logits.float(), src.pose_bin)
+        return loss
+
+    def _reconstruction(self, src: Batch, f_s: dict, tgt: Batch | None, f_t: dict | None) -> torch.Tensor:
+        m = self.models
+
+        def decode(fe: torch.Tensor, fp: torch.Tensor | None, subject: torch.Tensor | None) -> torch.Tensor:
+            parts = [fe] + ([fp] if fp is not None else [])
+            if "identity" in m and subject is not None:
+                parts.append(m["identity"](subject))
+            return m["decoder"](torch.cat(parts, 1))
+
+        target_id = None
+        loss = self.rec_loss(decode(f_s["expression"], f_s.get("pose"), src.subject).float(), src.images.float())
+        if f_t is not None and tgt is not None:
+            target_id = torch.full((len(tgt.images),), self.target_identity, device=tgt.images.device, dtype=torch.long)
+            loss = loss + self.rec_loss(decode(f_t["expression"], f_t.get("pose"), target_id).float(), tgt.images.float())
+        if self.needs_partners and src.partner is not None:
+            # f_e of one view plus f_p of the partner view must give the partner image.
+            f_partner = self.encode(src.partner.images, "source")
+            rec = decode(f_s["expression"], f_partner["pose"], src.subject)
+            loss = loss + self.rec_loss(rec.float(), src.partner.images.float())
+        return loss
+
+
+class _no_param_grad:
+    """Parameters of the given modules take no gradient inside the block."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        self.params = [p for mod in modules for p in mod.parameters()]
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        for p, flag in zip(self.params, self.flags):
+            p.requires_grad_(flag)
+
+
+class _domains:
+    """Activate one normalization domain across several modules."""
+
+    def __init__(self, modules: list[nn.Module], name: str) -> None:
+        self.contexts = [domain(mod, name) for mod in modules]
+
+    def __enter__(self) -> None:
+        for c in self.contexts:
+            c.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for c in reversed(self.contexts):
+            c.__exit__(*exc)
