@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/images/synthetic_contact_sheet.png")
-    parser.add_argument("--subjects", type=int, default=3)
+    parser.add_argument("--subjects", type=int, default=2)
     parser.add_argument("--size", type=int, default=64, help="rendered image size")
     parser.add_argument("--zoom", type=int, default=1, help="pixel repeat factor in the sheet")
     parser.add_argument("--landmarks", action="store_true", help="draw the 68 landmarks (visible ones)")
@@ -60,6 +60,7 @@ def main() -> None:
             tile = tile.resize((cell, cell), Image.NEAREST)
             sheet.paste(tile, (label_w + j * cell, head_h + i * cell))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet = sheet.quantize(colors=128, method=Image.Quantize.MEDIANCUT)  # keeps the PNG small
     sheet.save(args.out, optimize=True)
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
 

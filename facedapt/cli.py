@@ -34,9 +34,11 @@ def _load(args: argparse.Namespace, recipe: str, overrides: list[str]) -> Any:
     from facedapt.recipe.load import load_recipe
 
     blocked = _blocked(args)
-    if blocked:
-        overrides = [*overrides, f"plugins.block={json.dumps(blocked)}"]
-    return load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides)
+    if blocked:  # add to the recipe's own block list rather than replacing it
+        merged = [*loaded.recipe.plugins.block, *(b for b in blocked if b not in loaded.recipe.plugins.block)]
+        loaded = load_recipe(recipe, [*overrides, f"plugins.block={json.dumps(merged)}"])
+    return loaded
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -196,7 +198,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `run` overrides may follow options: `run pada --run-dir d train.steps=3`
+        if args.command == "run" and all(("=" in e and not e.startswith("-")) or e.startswith("~") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging(args)
     try:
         return int(args.func(args) or 0)

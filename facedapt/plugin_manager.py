@@ -112,11 +112,14 @@ def load_plugins(block: Iterable[str] = (), extra: Iterable[ModuleType | object]
                 raise PluginError(f"plugin name {ep.name!r} is used by two entry points ({dist} and {origins[ep.name].distribution})")
             try:
                 module = ep.load()
-            except Exception as exc:  # any import-time failure of third-party code
+                pm.register(module, name=ep.name)  # checks hook signatures against the specs
+                _check_hook_names(pm, ep.name)
+            except Exception as exc:  # any import-time failure or hook mismatch of third-party code
+                if pm.get_plugin(ep.name) is not None:
+                    pm.unregister(name=ep.name)
                 failed.append(FailedPlugin(ep.name, dist, f"{type(exc).__name__}: {exc}"))
                 logger.warning("plugin {} from {} failed to load and is skipped: {}: {}", ep.name, dist, type(exc).__name__, exc)
                 continue
-            pm.register(module, name=ep.name)
             origins[ep.name] = Origin(ep.name, dist, version)
 
     for obj in extra:
@@ -134,6 +137,18 @@ def load_plugins(block: Iterable[str] = (), extra: Iterable[ModuleType | object]
             impl.function(registry)
         registry.origin = Origin("<library>", "<local>", "")
     return Plugins(pm, registries, origins, failed)
+
+
+def _check_hook_names(pm: pluggy.PluginManager, name: str) -> None:
+    """Reject hook implementations that match no hook of the contract (e.g. a misspelt name),
+    as ``check_pending`` would, but for one plugin so that only that plugin is skipped."""
+    plugin = pm.get_plugin(name)
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and not impl.optionalhook:
+                raise PluginError(f"unknown hook {caller.name!r}")
 
 
 _default: Plugins | None = None

@@ -80,6 +80,8 @@ class Registry:
 
 def import_dotted(path: str, *, key: str | None, file: str | None) -> Callable[..., Any]:
     module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise RecipeError(f"{path!r} is not a dotted import path (like torch.optim.AdamW)", file=file, key=key)
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

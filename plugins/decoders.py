@@ -39,9 +39,9 @@ class ConvDecoder(nn.Module):
     each block, ending at ``width``; a 3x3 conv maps to ``out_channels``.
     """
 
-    def __init__(self, in_features: int, out_channels: int = 3, image_size: int = 64, width: int = 64,
+    def __init__(self, in_features: int, out_channels: int = 3, image_size: int = 64, width: int = 16,
                  norm: Literal["batch", "none"] = "batch", output: Literal["tanh", "linear"] = "tanh",
-                 max_channels: int = 512) -> None:
+                 max_channels: int = 256) -> None:
         super().__init__()
         if norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")

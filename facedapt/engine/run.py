@@ -66,7 +66,7 @@ class Run:
 
 
 def versions(plugins: Plugins) -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "facedapt": facedapt.__version__,
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "facedapt": facedapt.__version__,
             **{f"plugin:{k}": v for k, v in plugins.distributions().items()}}
 
 
@@ -189,15 +189,17 @@ class Runner:
         started = time.perf_counter()
         self._prepare_dir()
         sink = logger.add(self.run_dir / "log.txt", level="INFO", enqueue=False)
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.recipe.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
         try:
             return self._execute(started)
         finally:
+            torch.use_deterministic_algorithms(was_deterministic)
             logger.remove(sink)
 
     def _execute(self, started: float) -> dict[str, Any]:
         r = self.recipe
-        if r.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(r.seed)
         t0 = time.perf_counter()
         targets, num_classes = self._load_data()

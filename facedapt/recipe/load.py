@@ -148,6 +148,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "c
                 node[p] = {"name": node[p]} if isinstance(node.get(p), str) else {}
             node = node[p]
         leaf = parts[-1]
+        if len(parts) > 1 and leaf == "name" and node.get("name") not in (None, value):
+            node.clear()  # a component whose name changes drops its old arguments (as in merge)
         node[leaf] = merge({leaf: node[leaf]}, {leaf: value})[leaf] if leaf in node else value
     return out
 

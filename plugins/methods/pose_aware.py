@@ -202,6 +202,8 @@ class PoseAwareADA(Method):
         src, tgt = batch.source, batch.target
         m = self.models
         terms: dict[str, torch.Tensor] = {}
+        if "grl" in m:
+            m["grl"].max_steps = ctx.total_steps  # the warm-up spans the adaptation phase
         with ctx.autocast():
             fs = self._encode_pair(src, tgt)
             f_s, f_t = fs["source"], fs.get("target")
@@ -240,7 +242,6 @@ class PoseAwareADA(Method):
             ctx.update(disc, "discriminator", {"discriminator": disc})
             terms["discriminator"] = disc
         if "grl" in m and adapting:
-            m["grl"].max_steps = ctx.total_steps  # the warm-up spans the adaptation phase
             m["grl"].advance()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(total.detach())

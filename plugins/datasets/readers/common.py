@@ -189,7 +189,7 @@ class Record:
     pitch: float = math.nan
     capture: str | None = None
     intensity: float = math.nan
-    landmarks: list | None = None  # [[x, y], ...] in source pixel coordinates
+    landmarks: np.ndarray | list | None = None  # [[x, y], ...] in source pixel coordinates
     key: str | None = None
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import os
 from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from facedapt.data.samples import EXPRESSIONS
 from facedapt.errors import DataError
@@ -76,16 +77,17 @@ def parse_expression(value: Any, table: dict[str, int | None]) -> int | None | s
     return table[name]
 
 
-def parse_landmarks(value: Any) -> list | None | str:
+def parse_landmarks(value: Any) -> np.ndarray | None | str:
+    """[K, 2] float array, None for an empty cell, or an error message (str)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        points = json.loads(value) if isinstance(value, str) else value
-        if not points or not all(len(p) == 2 and all(math.isfinite(float(c)) for c in p) for p in points):
-            raise ValueError
-        return [[float(x), float(y)] for x, y in points]
+        points = np.asarray(json.loads(value) if isinstance(value, str) else value, dtype=np.float64)
     except (ValueError, TypeError):
+        points = np.empty(0)
+    if points.ndim != 2 or points.shape[1] != 2 or not len(points) or not np.isfinite(points).all():
         return "landmarks must be a JSON list of [x, y] pairs"
+    return points
 
 
 def row_record(where: str, row: dict[str, Any], base: Path, table: dict[str, int | None],
@@ -118,7 +120,7 @@ def row_record(where: str, row: dict[str, Any], base: Path, table: dict[str, int
     capture = str(row.get("capture") if row.get("capture") is not None else "").strip() or None
     return Record(path=str(file), source=file, subject=subject, expression=expression, yaw=values["yaw"],
                   pitch=values["pitch"], intensity=values["intensity"], capture=capture, landmarks=landmarks,
-                  key=str(file.resolve()))
+                  key=os.path.normpath(os.path.abspath(file)))  # no disk access per row
 
 
 @attrs.define

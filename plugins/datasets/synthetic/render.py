@@ -74,21 +74,24 @@ def splat(points: torch.Tensor, v: View, size: int) -> tuple[torch.Tensor, torch
     return torch.where(hit, zbuf % n, -1), torch.where(hit, zbuf // n, -1)
 
 
-def fill_holes(img: torch.Tensor, covered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill uncovered pixels between two covered neighbours (above/below or left/right) with their mean.
+def fill_holes(winner: torch.Tensor, depth: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give an empty pixel between two covered neighbours (above/below, else left/right) the upper/left one's point.
 
     Stretched skin (a dropped jaw) and grazing angles leave single-pixel gaps between splats.
     """
-    c = covered.to(img.dtype)[:, None]
-    pi = torch.nn.functional.pad(img * c, (1, 1, 1, 1))
-    pc = torch.nn.functional.pad(c, (1, 1, 1, 1))
-    vert = pc[..., :-2, 1:-1] * pc[..., 2:, 1:-1]
-    horiz = pc[..., 1:-1, :-2] * pc[..., 1:-1, 2:]
-    total = vert * (pi[..., :-2, 1:-1] + pi[..., 2:, 1:-1]) + horiz * (pi[..., 1:-1, :-2] + pi[..., 1:-1, 2:])
-    count = 2 * (vert + horiz)
-    fill = (~covered)[:, None] & (count > 0)
-    out = torch.where(fill, total / count.clamp(min=1), img)
-    return out, covered | fill[:, 0]
+    b = winner.shape[0]
+    w = winner.view(b, size, size)
+    d = depth.view(b, size, size)
+    pad_w = torch.nn.functional.pad(w, (1, 1, 1, 1), value=-1)
+    pad_d = torch.nn.functional.pad(d, (1, 1, 1, 1), value=-1)
+    up, down = pad_w[:, :-2, 1:-1], pad_w[:, 2:, 1:-1]
+    left, right = pad_w[:, 1:-1, :-2], pad_w[:, 1:-1, 2:]
+    empty = w < 0
+    vert = empty & (up >= 0) & (down >= 0)
+    horiz = empty & ~vert & (left >= 0) & (right >= 0)
+    w = torch.where(vert, up, torch.where(horiz, left, w))
+    d = torch.where(vert, pad_d[:, :-2, 1:-1], torch.where(horiz, pad_d[:, 1:-1, :-2], d))
+    return w.reshape(b, -1), d.reshape(b, -1)
 
 
 def background(v: View, size: int) -> torch.Tensor:
@@ -107,12 +110,10 @@ def render_views(points: torch.Tensor, colors: torch.Tensor, v: View, size: int,
     """
     b, n, ch = colors.shape
     rotated = rotate(points, v)
-    winner, depth = splat(rotated, v, size)
-    covered = winner >= 0
+    winner, depth = fill_holes(*splat(rotated, v, size), size)
+    covered = (winner >= 0).view(b, size, size)
     flat = (torch.arange(b)[:, None] * n + winner.clamp(min=0)).flatten()
     face = colors.reshape(b * n, ch)[flat].view(b, size, size, ch).permute(0, 3, 1, 2)
-    covered = covered.view(b, size, size)
-    face, covered = fill_holes(face, covered)
     img = torch.where(covered[:, None], face, background(v, size)) * v.gain[:, None, None, None]
     span = ch * size * size
     window = v.noise_offset[:, None] + torch.arange(span)[None, :]

@@ -1,0 +1,116 @@
+"""Shared fixtures and helpers: an isolated dataset cache, the toy dataset plugin, small
+engine runs and throw-away third-party plugin distributions."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import toy_plugin
+from facedapt.plugin_manager import AUTOLOAD_ENV, Plugins, load_plugins, reset_plugins
+from facedapt.recipe.load import LoadedRecipe, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+PADA = ROOT / "recipes" / "pada.yaml"
+
+# Tiny models: one intra-op thread is faster than several and keeps runs reproducible.
+torch.set_num_threads(1)
+
+#: Overrides that turn the bundled pada recipe into a few-second run on the toy dataset.
+TOY = (
+    "data.dataset={name: toy}",
+    "data.target_subjects={first: 2}",
+    "data.augment=[]",
+    "model.backbone.width=8",
+    "train.precision=fp32",
+    "train.source_steps=6",
+    "train.steps=4",
+    "train.batch_size=8",
+    "train.log_every=2",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
+    "eval.probe_steps=5",
+    "eval.batch_size=64",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Never touch the user's dataset cache, never leak the cached plugin set between tests."""
+    monkeypatch.setenv("FACEDAPT_CACHE", str(tmp_path_factory.getbasetemp() / "facedapt-cache"))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    reset_plugins()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    reset_plugins()
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="session")
+def toy_plugins() -> Plugins:
+    """Built-in plugins plus the toy dataset (entry points of the test environment only)."""
+    return load_plugins(extra=[toy_plugin])
+
+
+def toy_recipe(*overrides: str, method: str = "pada", path: str | Path = PADA) -> LoadedRecipe:
+    return load_recipe(path, [*TOY, f"method={{name: {method}}}", *overrides])
+
+
+def run_toy(plugins: Plugins, run_dir: Path, *overrides: str, method: str = "pada", resume: bool = False,
+            loaded: LoadedRecipe | None = None) -> dict[str, Any]:
+    from facedapt.engine.run import Runner
+
+    loaded = loaded or toy_recipe(*overrides, method=method)
+    return Runner(loaded, run_dir=run_dir, resume=resume, plugins=plugins).execute()
+
+
+def model_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return torch.load(path, map_location="cpu", weights_only=True)["models"]
+
+
+def assert_same_models(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys(), name
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}.{key} differs"
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def make_distribution(root: Path, dist: str, version: str, module: str, source: str,
+                      entry_points: dict[str, str] | None = None) -> Path:
+    """A package plus a ``*.dist-info`` folder under ``root``: importlib.metadata finds it like an
+    installed distribution once ``root`` is on sys.path (no pip needed)."""
+    write_recipe(root / module / "__init__.py", source)
+    info = root / f"{dist}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+    eps = entry_points or {dist.replace("fd_", ""): module}
+    lines = "".join(f"{name} = {target}\n" for name, target in eps.items())
+    (info / "entry_points.txt").write_text(f"[facedapt]\n{lines}", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A temporary site folder on sys.path; modules imported from it are forgotten afterwards."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    before = set(sys.modules)
+    yield root
+    for name in set(sys.modules) - before:
+        if name.startswith("fd_"):
+            del sys.modules[name]
+    importlib.invalidate_caches()

@@ -1,0 +1,175 @@
+"""The built-in synthetic faces: labels, determinism, pose geometry, occlusion, style, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facedapt.data.samples import EXPRESSIONS, Samples
+from facedapt.errors import RecipeError
+from facedapt.registry import Registry
+from facedapt_plugins.datasets import synthetic
+from facedapt_plugins.datasets.synthetic import SyntheticFaces, five_points
+
+CLEAN = dict(noise=0.0, jitter=0.0, lighting=0.0, background=0.0)  # photometric nuisances off
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Samples:
+    return SyntheticFaces("tiny").load()
+
+
+@pytest.fixture(scope="module")
+def posed() -> tuple[SyntheticFaces, object]:
+    """Clean, style-free faces every 30 degrees, so geometry can be checked."""
+    ds = SyntheticFaces("tiny", image_size=48, num_subjects=2, style_strength=0.0, yaw_step=30.0,
+                        expressions=("neutral", "happy"), **CLEAN)
+    return ds, ds.render()
+
+
+def test_registers_as_synthetic() -> None:
+    reg = Registry("datasets")
+    synthetic.facedapt_register_datasets(reg)
+    assert reg.get("synthetic") is SyntheticFaces
+
+
+def test_tiny_shapes_and_labels(tiny: Samples) -> None:
+    n = 6 * 7 * 5
+    assert len(tiny) == n
+    assert tiny.images.shape == (n, 3, 32, 32) and tiny.images.dtype == torch.uint8
+    assert tiny.landmarks.shape == (n, 68, 2) and tiny.landmarks.dtype == torch.float32
+    assert tiny.subject_ids == ("S001", "S002", "S003", "S004", "S005", "S006")
+    assert set(tiny.expression.tolist()) == set(range(7))
+    assert sorted(set(tiny.yaw.tolist())) == [-90.0, -45.0, 0.0, 45.0, 90.0]
+    assert (tiny.pitch == 0).all()
+    assert ((tiny.intensity >= 0) & (tiny.intensity <= 1)).all()
+    neutral = tiny.expression == EXPRESSIONS.index("neutral")
+    assert (tiny.intensity[neutral] == 0).all() and (tiny.intensity[~neutral] >= 0.4).all()
+    inside = ((tiny.landmarks >= 0) & (tiny.landmarks < 32)).all(-1)
+    assert inside.float().mean() > 0.95
+    assert five_points(tiny.landmarks).shape == (n, 5, 2)
+    assert tiny.images.float().std() > 20  # not blank
+    assert len(set(tiny.paths)) == n
+
+
+def test_capture_ids_group_one_moment_across_poses(tiny: Samples) -> None:
+    caps = tiny.capture.unique()
+    assert len(caps) == 6 * 7
+    for c in caps.tolist():
+        idx = torch.nonzero(tiny.capture == c).flatten()
+        assert len(tiny.subject[idx].unique()) == 1 and len(tiny.expression[idx].unique()) == 1
+        assert len(tiny.intensity[idx].unique()) == 1
+        assert sorted(tiny.yaw[idx].tolist()) == [-90.0, -45.0, 0.0, 45.0, 90.0]
+
+
+def test_same_seed_is_bit_identical_whatever_the_batch_size() -> None:
+    a = SyntheticFaces("tiny", seed=3).render()
+    b = SyntheticFaces("tiny", seed=3, batch_size=7).render()
+    assert torch.equal(a.images, b.images) and torch.equal(a.landmarks, b.landmarks)
+    some = torch.tensor([5, 77, 150])
+    c = SyntheticFaces("tiny", seed=3).render(some)
+    assert torch.equal(c.images, a.images[some])
+
+
+def test_different_seeds_differ() -> None:
+    a = SyntheticFaces("tiny", seed=0, num_subjects=2).render(torch.arange(10))
+    b = SyntheticFaces("tiny", seed=1, num_subjects=2).render(torch.arange(10))
+    assert (a.images.float() - b.images.float()).abs().mean() > 5
+
+
+def _flip_error(img: torch.Tensor) -> float:
+    x = img.float()
+    return float((x - x.flip(-1)).abs().mean())
+
+
+def test_frontal_is_symmetric_and_turned_face_is_not(posed) -> None:
+    ds, out = posed
+    lay = ds.layout()
+    yaw = lay.view_yaw[lay.img_view]
+    neutral = lay.cap_expression[lay.img_capture] == 0
+    front = out.images[(yaw == 0) & neutral]
+    turned = out.images[(yaw == 60) & neutral]
+    assert max(_flip_error(i) for i in front) < 0.5 * min(_flip_error(i) for i in turned)
+
+
+def test_yaw_sign_convention(posed) -> None:
+    """Positive yaw shows the subject's left cheek: the nose moves to the image's left."""
+    ds, out = posed
+    lay = ds.layout()
+    yaw = lay.view_yaw[lay.img_view]
+    lm = out.landmarks
+    right_eye, left_eye, nose = lm[:, 36:42, 0].mean(1), lm[:, 42:48, 0].mean(1), lm[:, 30, 0]
+    pos, neg = yaw == 60, yaw == -60
+    # The visible (left) eye lies further from the nose than the far one, and the nose is left of both.
+    assert ((left_eye - nose)[pos] > (nose - right_eye)[pos].abs()).all()
+    assert (nose[pos] < right_eye[pos]).all()
+    assert ((nose - right_eye)[neg] > (left_eye - nose)[neg].abs()).all()
+    assert (nose[neg] > left_eye[neg]).all()
+    # Frontal: subject's right eye (36-41) on the image's left.
+    assert (right_eye[yaw == 0] < left_eye[yaw == 0]).all()
+
+
+def test_profiles_hide_the_far_half(posed) -> None:
+    ds, out = posed
+    lay = ds.layout()
+    yaw = lay.view_yaw[lay.img_view]
+    vis = out.visible
+    right, left = slice(36, 42), slice(42, 48)
+    assert vis[yaw == 0][:, 36:48].all()
+    assert not vis[yaw == 90][:, right].any() and vis[yaw == 90][:, left].float().mean() > 0.4
+    assert not vis[yaw == -90][:, left].any() and vis[yaw == -90][:, right].float().mean() > 0.4
+    # The far mouth corner disappears too (a 2D shear would keep it).
+    assert not vis[yaw == 90][:, 48].any() and not vis[yaw == -90][:, 54].any()
+
+
+def test_personal_style_changes_how_an_expression_looks() -> None:
+    """Happy-minus-own-neutral landmark motion varies across subjects much more with style on."""
+    def spread(strength: float) -> float:
+        ds = SyntheticFaces("tiny", image_size=64, num_subjects=8, style_strength=strength, yaw_range=0.0,
+                            expressions=("neutral", "happy", "surprise"), **CLEAN)
+        out, lay = ds.render(), ds.layout()
+        exp, inten = lay.cap_expression[lay.img_capture], lay.cap_intensity[lay.img_capture]
+        motion = []
+        for e in (1, 3):
+            d = (out.landmarks[exp == e] - out.landmarks[exp == 0]) / inten[exp == e][:, None, None]
+            motion.append(d.flatten(1))
+        m = torch.cat(motion, 1)
+        return float(m.std(0).mean() / m.abs().mean())
+
+    assert spread(1.0) > 2.0 * spread(0.0)
+
+
+def test_fingerprint_names_the_content() -> None:
+    a = SyntheticFaces("tiny").fingerprint()
+    assert a == SyntheticFaces("tiny").fingerprint()
+    assert a != SyntheticFaces("tiny", seed=1).fingerprint()
+    assert a != SyntheticFaces("tiny", style_strength=0.5).fingerprint()
+    assert a != SyntheticFaces("tiny", channels=1).fingerprint()
+
+
+def test_grayscale_and_presets_sizes() -> None:
+    out = SyntheticFaces("tiny", channels=1, num_subjects=2).render(torch.arange(3))
+    assert out.images.shape == (3, 1, 32, 32)
+    assert len(SyntheticFaces("default")) == 36 * 7 * 2 * 13
+    assert len(SyntheticFaces("bu3dfe")) == 50 * (6 * 4 + 1) * 7
+    mp = SyntheticFaces("multipie")
+    assert len(mp.preset.yaws) == 13 and len(mp.preset.expressions) == 4
+
+
+def test_unknown_preset_lists_the_presets() -> None:
+    with pytest.raises(RecipeError, match="default.*tiny.*multipie.*bu3dfe"):
+        SyntheticFaces("huge")
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"num_subjects": 1}, "num_subjects"),
+    ({"image_size": 8}, "image_size"),
+    ({"style_strength": -1.0}, "style_strength"),
+    ({"yaw_range": 120.0}, "yaw_range"),
+    ({"noise": -0.1}, "noise"),
+    ({"channels": 2}, "channels"),
+    ({"expressions": ("happy", "contempt")}, "expressions"),
+])
+def test_bad_dials_name_the_argument(kwargs: dict, name: str) -> None:
+    with pytest.raises(RecipeError, match=name):
+        SyntheticFaces("tiny", **kwargs)
