@@ -5,6 +5,8 @@ Library use::
     import facedapt
     loaded = facedapt.load_recipe("recipes/pada.yaml", overrides=["train.steps=50"])
     results = facedapt.run(loaded)
+    model = facedapt.load_model("runs/pada/<timestamp>/subjects/S005")
+    model.predict(["photo.jpg"])
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+local"
 
 if TYPE_CHECKING:
+    from facedapt.engine.model_io import Model
     from facedapt.recipe.load import LoadedRecipe
 
 
@@ -38,4 +41,12 @@ def run(recipe: Any, *, run_dir: str | None = None, resume: bool = False) -> dic
     return _run(loaded, run_dir=run_dir, resume=resume)
 
 
-__all__ = ["__version__", "hookimpl", "hookspec", "load_recipe", "run"]
+def load_model(path: str, device: str = "cpu") -> Model:
+    """A trained model from a run directory (its source model), a subject or personalized
+    directory (its adapted model) or a model.pt file; ``.predict(images)`` classifies."""
+    from facedapt.engine.model_io import load_model as _load_model
+
+    return _load_model(path, device)
+
+
+__all__ = ["__version__", "hookimpl", "hookspec", "load_model", "load_recipe", "run"]

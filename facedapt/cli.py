@@ -140,6 +140,41 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from facedapt.engine.adapt import adapt
+
+    blocked = _blocked(args)
+    overrides = [*args.overrides, *([f"plugins.block={json.dumps(blocked)}"] if blocked else [])]
+    done = adapt(args.run_from, args.images, out=args.out, subject=args.subject, overrides=overrides)
+    print(f"personalized model for {done.subject} ({done.photos} photos): {done.model_file}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import yaml
+
+    from facedapt.engine.model_io import evaluate_dataset, load_model
+
+    options: dict[str, Any] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"eval: dataset option {item!r} is not key=value")
+        options[key] = yaml.safe_load(value)
+    if args.root is not None:
+        options["root"] = args.root
+    model = load_model(args.checkpoint)
+    res = evaluate_dataset(model, args.dataset, options)
+    if args.json:
+        print(json.dumps(res, indent=2, default=float))
+        return 0
+    print(f"{args.dataset}: accuracy {res['accuracy']:.4f}  UAR {res['uar']:.4f}  macro-F1 {res['macro_f1']:.4f}  "
+          f"n={res['n']}  ({len(res['per_subject'])} subject(s), mean accuracy {res['target_accuracy']:.4f})")
+    for yaw, acc in res["per_yaw_pooled"].items():
+        print(f"  yaw {int(yaw):+d}: {acc:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facedapt", description="Pose-aware adversarial domain adaptation for "
                                      "personalized facial expression recognition.")
@@ -174,6 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", nargs="?")
     p.set_defaults(func=cmd_recipes)
 
+    p = sub.add_parser("adapt", help="personalize a trained run to one person's unlabelled photos",
+                       description="Adapt the source model of a finished run to a folder of unlabelled face photos "
+                       "of one person; writes a run directory whose model.pt is the personalized model. "
+                       "Overrides (key=value, ~key) change the run's recipe, e.g. train.steps=300.")
+    p.add_argument("--from", dest="run_from", required=True, type=Path, metavar="RUN_DIR", help="a finished run directory")
+    p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of the person's photos (searched recursively)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default RUN_DIR/personalized/<subject>)")
+    p.add_argument("--subject", default="person", help="the person's id (default: person)")
+    p.add_argument("overrides", nargs="*", help="key=value or ~key")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("eval", help="evaluate a trained model on a dataset",
+                       description="Evaluate a model (a run directory: its source model; a subject or personalized "
+                       "directory, or a model.pt) on a registered dataset read at the model's image size. Extra "
+                       "key=value arguments are dataset options (YAML values), e.g. split=test.")
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="run directory, subject directory or model.pt")
+    p.add_argument("--dataset", required=True, help="registered dataset name (manifest, kdef, image_folder, ...)")
+    p.add_argument("--root", help="dataset root folder (or manifest file)")
+    p.add_argument("--json", action="store_true", help="print a results.json-style object")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dataset options")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("data", help="generate synthetic faces or inspect a dataset")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("synth", help="write a synthetic face set as PNG files plus manifest.csv")
@@ -200,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `run` overrides may follow options: `run pada --run-dir d train.steps=3`
-        if args.command == "run" and all(("=" in e and not e.startswith("-")) or e.startswith("~") for e in extra):
+        if args.command in ("run", "adapt", "eval") and all(("=" in e and not e.startswith("-")) or e.startswith("~") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

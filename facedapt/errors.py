@@ -40,3 +40,9 @@ class CheckpointError(UsageError):
 
 class NumericalError(FacedaptError):
     """A NaN or Inf loss under the `abort` policy."""
+
+
+class Interrupted(FacedaptError):
+    """SIGINT or SIGTERM: a checkpoint was saved; the message says how to resume."""
+
+    exit_code = 130

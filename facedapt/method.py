@@ -68,8 +68,9 @@ class Method:
         """Optimizer group -> names of the models it updates (one group by default)."""
         return {"main": list(self.models)}
 
-    def train_step(self, batch: StepBatch, ctx: Any) -> dict[str, float]:
-        """One update; returns its losses as floats.
+    def train_step(self, batch: StepBatch, ctx: Any) -> dict[str, torch.Tensor]:
+        """One update; returns its losses as detached scalar tensors (the engine reads them
+        only at log steps, so a GPU step needs no host sync).
 
         ``ctx`` (facedapt.engine.context.StepContext) has ``step``, ``progress`` in [0, 1]
         through the phase, ``phase`` ("source" or "adapt"), ``autocast()`` and
@@ -86,6 +87,11 @@ class Method:
     def features(self, images: torch.Tensor, domain: str = "target") -> dict[str, torch.Tensor]:
         """Named feature vectors ("expression", and "pose" where the method has one)."""
         raise NotImplementedError
+
+    def predict_pose(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor | None:
+        """Pose-bin logits (facedapt.data.samples.YAW_BINS) for normalized images, or None for
+        a method without a pose branch."""
+        return None
 
     def start_adaptation(self, target_batches: Callable[[], Iterable[torch.Tensor]]) -> None:
         """Called once before adapting to a target; e.g. AdaBN recomputes statistics here."""

@@ -69,16 +69,18 @@ class StepContext:
         return self._autocast()
 
     def check_finite(self, terms: dict[str, torch.Tensor]) -> bool:
-        """False (and the step is to be skipped) if any term is NaN/Inf under policy `skip`."""
-        for name, value in terms.items():
-            v = float(value.detach())
-            if not math.isfinite(v):
-                if self.nan_policy == "abort":
-                    raise NumericalError(f"loss term {name!r} is {v} at {self.phase} step {self.step} "
-                                         "(train.nan_policy=skip skips such steps; train.grad_clip may help)")
-                self.skipped = True
-                return False
-        return True
+        """False (skip the step) if any term is NaN/Inf under policy `skip`; raises under `abort`.
+        One device-to-host read per step; the per-term names are read only on failure."""
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        if bool(torch.isfinite(values).all()):
+            return True
+        bad = {name: float(v) for name, v in zip(terms, values.tolist()) if not math.isfinite(v)}
+        if self.nan_policy == "abort":
+            detail = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise NumericalError(f"non-finite loss at {self.phase} step {self.step}: {detail} "
+                                 "(train.nan_policy=skip skips such steps; train.grad_clip may help)")
+        self.skipped = True
+        return False
 
     def update(self, loss: torch.Tensor, group: str = "main", terms: dict[str, torch.Tensor] | None = None,
                retain_graph: bool = False) -> bool:

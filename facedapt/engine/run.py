@@ -16,7 +16,9 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +43,7 @@ from facedapt.errors import CheckpointError, DataError, UsageError
 from facedapt.method import Method
 from facedapt.plugin_manager import Plugins, get_plugins
 from facedapt.recipe.load import LoadedRecipe, recipe_digest, write_resolved
-from facedapt.recipe.schema import Component
+from facedapt.recipe.schema import Component, Recipe
 from facedapt.recipe.validate import validate
 
 
@@ -111,6 +113,22 @@ def build_method(plugins: Plugins, recipe: Any, num_subjects: int, image_shape: 
     return method
 
 
+def build_info(num_subjects: int, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+    """What every model.pt records so that build_method can rebuild its networks without data
+    (plain ints and lists: weights_only loading)."""
+    return {"num_subjects": int(num_subjects), "image_shape": [int(x) for x in image_shape],
+            "num_classes": int(num_classes)}
+
+
+def materialize_dataset(plugins: Plugins, comp: Component, on_bad_image: str) -> Samples:
+    """A recipe's dataset component, built and materialized (``on_bad_image`` where the reader takes it)."""
+    factory = plugins.registry("datasets").get(comp.name)
+    kwargs = dict(comp.kwargs)
+    if "on_bad_image" in _params(factory) and "on_bad_image" not in kwargs:
+        kwargs["on_bad_image"] = on_bad_image
+    return materialize(factory(**kwargs))
+
+
 def _num_classes(samples: list[Samples]) -> int:
     top = max(int(s.expression.max()) for s in samples)
     if top < 0:
@@ -156,17 +174,9 @@ class Runner:
 
     def _load_data(self) -> tuple[list[Target], int]:
         data = self.recipe.data
-        datasets = self.plugins.registry("datasets")
-
-        def source_of(comp: Component) -> Samples:
-            factory = datasets.get(comp.name)
-            kwargs = dict(comp.kwargs)
-            if "on_bad_image" in _params(factory) and "on_bad_image" not in kwargs:
-                kwargs["on_bad_image"] = data.on_bad_image
-            return materialize(factory(**kwargs))
-
-        source = source_of(data.dataset)
-        target = source_of(data.target_dataset) if data.target_dataset is not None else None
+        source = materialize_dataset(self.plugins, data.dataset, data.on_bad_image)
+        target = (materialize_dataset(self.plugins, data.target_dataset, data.on_bad_image)
+                  if data.target_dataset is not None else None)
         for s in (source, target):
             if s is not None and s.problems:
                 logger.warning("dataset {}: {} problem(s) skipped, e.g. {}: {}", s.dataset, len(s.problems),
@@ -192,9 +202,11 @@ class Runner:
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         if self.recipe.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        previous = _install_stop_handlers(self)
         try:
             return self._execute(started)
         finally:
+            _restore_handlers(previous)
             torch.use_deterministic_algorithms(was_deterministic)
             logger.remove(sink)
 
@@ -206,6 +218,7 @@ class Runner:
         timing = {"data": time.perf_counter() - t0}
         first = targets[0].source
         method = build_method(self.plugins, r, len(first.samples.subject_ids), first.samples.image_shape, num_classes)
+        self.build = build_info(len(first.samples.subject_ids), first.samples.image_shape, num_classes)
         if r.train.channels_last:
             for m in method.models.values():
                 m.to(self.device, memory_format=torch.channels_last)
@@ -215,6 +228,7 @@ class Runner:
         run = Run(r, self.loaded.resolved, self.run_dir, self.plugins, models=method.models)
         augs = [self.plugins.registry("augmentations").get(a.name)(**a.kwargs) for a in r.data.augment]
         runner = PhaseRunner(r, self.plugins, method, self.device, self.precision, run, augs)
+        self._phase_runner = runner
         self.plugins.hook.facedapt_on_run_start(run=run)
         logger.info("run {} in {} on {} ({}), {} target(s)", r.name, self.run_dir, self.device, self.precision, len(targets))
 
@@ -239,7 +253,7 @@ class Runner:
             per_subject[target.id] = self._adapt_and_score(runner, run, method, target, tdir, k, num_classes)
             timing["adapt"] += time.perf_counter() - t0
 
-        results = self._aggregate(per_subject, method, targets, num_classes)
+        results = aggregate(per_subject, r, self.precision, num_classes)
         timing["total"] = time.perf_counter() - started
         results["timing"] = {**results.get("timing", {}), **{k: round(v, 3) for k, v in timing.items()}}
         _write_json(self.run_dir / "results.json", results)
@@ -256,8 +270,9 @@ class Runner:
             return state["models"]
         if r.train.init_from:
             state = load_models_file(Path(r.train.init_from), self.device)
-            _load_state(method, state["models"])
-            logger.info("source model from {}", r.train.init_from)
+            loaded, fresh = _load_matching(method, state["models"])
+            logger.info("source model from {}: {} tensors loaded, {} newly initialized{}", r.train.init_from, loaded,
+                        len(fresh), f" ({', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''})" if fresh else "")
         sdir.mkdir(parents=True, exist_ok=True)
         run.phase, run.target = "source", None
         if r.train.source_steps > 0:
@@ -265,7 +280,8 @@ class Runner:
             info = runner.run_phase(spec)
             logger.info("source training: {} steps in {:.1f}s", info["steps"], info["seconds"])
         models = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in method.models.items()}
-        checkpoint.save({"models": models, "kind": "source", "method": r.method.name, **run.stamp()}, final)
+        checkpoint.save({"models": models, "kind": "source", "method": r.method.name, "build": self.build, **run.stamp()},
+                        final)
         for old in checkpoint.periodic(sdir):
             old.unlink(missing_ok=True)
         return models
@@ -311,7 +327,7 @@ class Runner:
                                      seed_of(r.seed, "probe"))
         models = {n: {k2: v.detach().clone() for k2, v in m.state_dict().items()} for n, m in method.models.items()}
         checkpoint.save({"models": models, "kind": "adapted", "target": target.id, "method": r.method.name,
-                         **run.stamp()}, tdir / "model.pt")
+                         "build": self.build, **run.stamp()}, tdir / "model.pt")
         _write_json(tdir / "results.json", res)  # the done marker: written last
         for old in checkpoint.periodic(tdir):
             old.unlink(missing_ok=True)
@@ -319,35 +335,55 @@ class Runner:
         logger.info("target {}: accuracy {:.4f} (n={})", target.id, res["accuracy"], res["n"])
         return res
 
-    def _aggregate(self, per_subject: dict[str, dict], method: Method, targets: list[Target], num_classes: int) -> dict:
-        r = self.recipe
-        results: dict[str, Any] = {"method": r.method.name, "recipe": r.name, "seed": r.seed,
-                                   "selection": r.eval.selection, "precision": self.precision}
-        if r.eval.selection == "oracle":
-            results["selection_note"] = "oracle: model chosen on target labels (an upper bound, not a result)"
-        for name in r.eval.metrics:
-            vals = [v[name] for v in per_subject.values() if not math.isnan(v[name])]
-            results[f"target_{name}"] = statistics.fmean(vals) if vals else float("nan")
-            results[f"target_{name}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
-        results["per_subject"] = {sid: {k: v[k] for k in (*r.eval.metrics, "n")} for sid, v in per_subject.items()}
-        yaws: dict[str, list[float]] = {}
-        conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-        for v in per_subject.values():
-            for y, acc in v["per_yaw"].items():
-                yaws.setdefault(y, []).append(acc)
-            conf += torch.tensor(v["confusion"], dtype=torch.long)
-        results["per_yaw"] = {y: statistics.fmean(a) for y, a in sorted(yaws.items(), key=lambda kv: int(kv[0]))}
-        sv = [v["source_val_accuracy"] for v in per_subject.values() if "source_val_accuracy" in v]
-        results["source_val_accuracy"] = statistics.fmean(sv) if sv else None
-        leak: dict[str, list[float]] = {}
-        for v in per_subject.values():
-            for k, x in v.get("leakage", {}).items():
-                leak.setdefault(k, []).append(x)
-        results["leakage"] = {k: statistics.fmean(x) for k, x in leak.items()}
-        results["confusion"] = conf.tolist()
-        results["classes"] = list(EXPRESSIONS[:num_classes])
-        results["timing"] = {"per_subject_adapt": {sid: v["seconds"] for sid, v in per_subject.items()}}
-        return results
+
+def aggregate(per_subject: dict[str, dict], r: Recipe, precision: str, num_classes: int) -> dict[str, Any]:
+    """results.json from per-target scores (each as ``score`` returns it, plus ``seconds``)."""
+    results: dict[str, Any] = {"method": r.method.name, "recipe": r.name, "seed": r.seed,
+                               "selection": r.eval.selection, "precision": precision}
+    if r.eval.selection == "oracle":
+        results["selection_note"] = "oracle: model chosen on target labels (an upper bound, not a result)"
+    for name in r.eval.metrics:
+        vals = [v[name] for v in per_subject.values() if not math.isnan(v[name])]
+        results[f"target_{name}"] = statistics.fmean(vals) if vals else float("nan")
+        results[f"target_{name}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+    results["per_subject"] = {sid: {k: v[k] for k in (*r.eval.metrics, "n")} for sid, v in per_subject.items()}
+    yaws: dict[str, list[float]] = {}
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for v in per_subject.values():
+        for y, acc in v["per_yaw"].items():
+            yaws.setdefault(y, []).append(acc)
+        conf += torch.tensor(v["confusion"], dtype=torch.long)
+    results["per_yaw"] = {y: statistics.fmean(a) for y, a in sorted(yaws.items(), key=lambda kv: int(kv[0]))}
+    sv = [v["source_val_accuracy"] for v in per_subject.values() if "source_val_accuracy" in v]
+    results["source_val_accuracy"] = statistics.fmean(sv) if sv else None
+    leak: dict[str, list[float]] = {}
+    for v in per_subject.values():
+        for k, x in v.get("leakage", {}).items():
+            leak.setdefault(k, []).append(x)
+    results["leakage"] = {k: statistics.fmean(x) for k, x in leak.items()}
+    results["confusion"] = conf.tolist()
+    results["classes"] = list(EXPRESSIONS[:num_classes])
+    results["timing"] = {"per_subject_adapt": {sid: v["seconds"] for sid, v in per_subject.items() if "seconds" in v}}
+    return results
+
+
+def _install_stop_handlers(runner: Runner) -> dict[int, Any]:
+    """SIGINT/SIGTERM ask the step loop to save a checkpoint and stop (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handle(signum: int, _frame: Any) -> None:
+        phase = getattr(runner, "_phase_runner", None)
+        if phase is None:  # before training: nothing to save
+            raise KeyboardInterrupt
+        phase.stop_signal = signal.Signals(signum).name
+
+    return {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
 
 
 def _params(factory: Any) -> set[str]:
@@ -375,21 +411,41 @@ def _load_state(method: Method, models: dict) -> None:
         m.load_state_dict(models[name])
 
 
+def _load_matching(method: Method, models: dict[str, dict[str, torch.Tensor]]) -> tuple[int, list[str]]:
+    """Load every tensor whose model, name and shape match (warm start across methods that
+    share networks); returns how many loaded and the names left as initialized."""
+    loaded, fresh = 0, []
+    for name, module in method.models.items():
+        saved = models.get(name, {})
+        own = module.state_dict()
+        take = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+        fresh += [f"{name}.{k}" for k in own if k not in take]
+        module.load_state_dict({**own, **take})
+        loaded += len(take)
+    return loaded, fresh
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def load_models_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A model file from a run directory (its source model) or a model/checkpoint path."""
+def find_model_file(path: Path) -> Path:
+    """``path`` itself if a file; else its model.pt (a subject or personalized directory), else
+    source/model.pt (a run directory: its source model)."""
     if path.is_dir():
         candidates = [path / "model.pt", path / "source" / "model.pt"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise CheckpointError(f"{path}: no model.pt here or in source/")
-        path = found
-    return checkpoint.load(path, map_location=device)
+        return found
+    return path
+
+
+def load_models_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A model file from a run directory (its source model) or a model/checkpoint path."""
+    return checkpoint.load(find_model_file(path), map_location=device)
 
 
 def run(loaded: LoadedRecipe, *, run_dir: str | Path | None = None, resume: bool = False,

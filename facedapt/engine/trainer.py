@@ -24,6 +24,7 @@ from facedapt.engine import checkpoint
 from facedapt.engine.context import StepContext
 from facedapt.engine.evaluate import predict_domain
 from facedapt.engine.precision import autocast
+from facedapt.errors import Interrupted
 from facedapt.method import Batch, Method, StepBatch
 from facedapt.plugin_manager import Plugins
 from facedapt.recipe.schema import Component, Recipe
@@ -57,6 +58,7 @@ class PhaseRunner:
         self.precision = precision
         self.run = run
         self.augmentations = augmentations
+        self.stop_signal: str | None = None  # set by a signal handler; the loop saves and stops
 
     def amp(self) -> Any:
         """The run's autocast context (a fresh one per use)."""
@@ -143,6 +145,7 @@ class PhaseRunner:
                 step += 1
                 self.run.step = step
                 if step % max(1, t.log_every) == 0 or step == spec.steps:
+                    # Losses stay on the device between log steps: no per-step host sync.
                     rec = {"phase": spec.phase, "target": self.run.target, "step": step,
                            "skipped": ctx.skipped, **{k: round(float(v), 6) for k, v in losses.items()}}
                     metrics_file.write(json.dumps(rec) + "\n")
@@ -154,6 +157,11 @@ class PhaseRunner:
                     method.train(True)
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and step < spec.steps:
                     self._save(spec, step, optimizers, schedulers, scaler, src_sampler, tgt_sampler, best, history, partner_gen)
+                if self.stop_signal is not None and step < spec.steps:
+                    self._save(spec, step, optimizers, schedulers, scaler, src_sampler, tgt_sampler, best, history, partner_gen)
+                    raise Interrupted(f"stopped by {self.stop_signal} at {spec.phase} step {step}; checkpoint saved. "
+                                      f"Resume with: facedapt run {self.run.run_dir / 'recipe.yaml'} "
+                                      f"--run-dir {self.run.run_dir} --resume")
         finally:
             metrics_file.close()
         if spec.select_on is not None:

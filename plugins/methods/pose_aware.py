@@ -22,8 +22,18 @@ from torch.nn import functional as F
 
 from facedapt.errors import RecipeError
 from facedapt.method import Batch, Method, StepBatch
-from facedapt_plugins.layers import GradientReversalLayer, convert_to_domain_bn, domain, grad_reverse, recompute_bn_stats
+from facedapt_plugins.layers import (
+    DomainBatchNorm,
+    GradientReversalLayer,
+    convert_to_domain_bn,
+    domain,
+    grad_reverse,
+    recompute_bn_stats,
+)
 from facedapt_plugins.losses import Confusion, DomainAdversarial, entropy
+
+#: The modules whose normalization statistics are per domain.
+TRUNK = ("backbone", "pose_backbone", "expression_encoder", "pose_encoder")
 
 ROLES = {
     "backbone": "backbones",
@@ -149,10 +159,11 @@ class PoseAwareADA(Method):
             self.target_identity = ctx.num_subjects
             m["decoder"] = ctx.build("decoder", "conv", in_features=code, out_channels=c, image_size=h)
             self.rec_loss = ctx.build("reconstruction_loss", "l1")
-        if self.norm == "per_domain":
-            for name in ("backbone", "pose_backbone", "expression_encoder", "pose_encoder"):
-                if name in m:
-                    m[name] = convert_to_domain_bn(m[name])
+        # Always domain batch norms, so every configuration shares one state layout and any
+        # method can start from any other's source model; `shared` only ever uses "source".
+        for name in TRUNK:
+            if name in m:
+                m[name] = convert_to_domain_bn(m[name])
         self.models = m
         return m
 
@@ -172,8 +183,8 @@ class PoseAwareADA(Method):
     # -- forward ---------------------------------------------------------------
     def encode(self, images: torch.Tensor, domain_name: str) -> dict[str, torch.Tensor]:
         m = self.models
-        trunk = [m[n] for n in ("backbone", "pose_backbone", "expression_encoder", "pose_encoder") if n in m]
-        with _domains(trunk, domain_name):
+        trunk = [m[n] for n in TRUNK if n in m]
+        with _domains(trunk, domain_name if self.norm == "per_domain" else "source"):
             hidden = m["backbone"](images)
             out = {"expression": m["expression_encoder"](hidden)}
             if self.pose_branch:
@@ -187,18 +198,29 @@ class PoseAwareADA(Method):
     def features(self, images: torch.Tensor, domain: str = "target") -> dict[str, torch.Tensor]:
         return self.encode(images, domain)
 
+    def predict_pose(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor | None:
+        if not self.pose_branch:
+            return None
+        return self.models["pose_classifier"](self.encode(images, domain)["pose"])
+
     def start_adaptation(self, target_batches: Callable[[], Iterable[torch.Tensor]]) -> None:
-        """Per-domain normalization starts from the target's own statistics (AdaBN)."""
-        if not self.adabn:
-            return
+        """Give the target its normalization statistics: recomputed on its own images (AdaBN),
+        or, without AdaBN, a copy of the source statistics."""
         m = self.models
-        forward = lambda x: self.encode(x, "target")  # noqa: E731
-        modules = nn.ModuleList([m[n] for n in ("backbone", "pose_backbone", "expression_encoder", "pose_encoder") if n in m])
-        target = "target" if self.norm == "per_domain" else None
-        recompute_bn_stats(modules, target_batches(), domain=target, forward=forward)
+        modules = nn.ModuleList([m[n] for n in TRUNK if n in m])
+        stats_domain = "target" if self.norm == "per_domain" else "source"
+        if self.adabn:
+            recompute_bn_stats(modules, target_batches(), domain=stats_domain,
+                               forward=lambda x: self.encode(x, "target"))
+        elif self.norm == "per_domain":
+            with torch.no_grad():
+                for layer in modules.modules():
+                    if isinstance(layer, DomainBatchNorm) and layer.track_running_stats:
+                        for src, dst in zip(layer.stats("source"), layer.stats("target")):
+                            dst.copy_(src)
 
     # -- the step --------------------------------------------------------------
-    def train_step(self, batch: StepBatch, ctx: Any) -> dict[str, float]:
+    def train_step(self, batch: StepBatch, ctx: Any) -> dict[str, torch.Tensor]:
         src, tgt = batch.source, batch.target
         m = self.models
         terms: dict[str, torch.Tensor] = {}
@@ -243,8 +265,8 @@ class PoseAwareADA(Method):
             terms["discriminator"] = disc
         if "grl" in m and adapting:
             m["grl"].advance()
-        out = {k: float(v.detach()) for k, v in terms.items()}
-        out["loss"] = float(total.detach())
+        out = {k: v.detach() for k, v in terms.items()}
+        out["loss"] = total.detach()
         return out
 
     def _encode_pair(self, src: Batch, tgt: Batch | None) -> dict[str, dict[str, torch.Tensor]]:

@@ -17,10 +17,11 @@ from facedapt_plugins.datasets.readers.jaffe import JAFFE
 from facedapt_plugins.datasets.readers.kdef import KDEF
 from facedapt_plugins.datasets.readers.manifest import Manifest
 from facedapt_plugins.datasets.readers.multipie import MultiPIE
+from facedapt_plugins.datasets.readers.photos import Photos
 from facedapt_plugins.datasets.readers.rafd import RaFD
 from facedapt_plugins.datasets.readers.rafdb import RAFDB
 
-READERS = (MultiPIE, BU3DFE, KDEF, RaFD, CKPlus, JAFFE, FER2013, RAFDB, Manifest, ImageFolder)
+READERS = (MultiPIE, BU3DFE, KDEF, RaFD, CKPlus, JAFFE, FER2013, RAFDB, Manifest, ImageFolder, Photos)
 
 __all__ = ["READERS", "facedapt_register_datasets", *(cls.__name__ for cls in READERS)]
 

@@ -79,3 +79,9 @@ def activations(style: Style, subject: torch.Tensor, expression: torch.Tensor, i
     expressive = proto * style.gain[subject] + style.deviation[subject, expression]
     act = intensity[:, None] * expressive + style.habit[subject] + 0.06 * jitter
     return act.clamp(0.0, 1.4)
+
+
+def extreme_activations() -> torch.Tensor:
+    """[4, A]: no movement and every movement at its clamp, twice (pairs with ``extreme_shapes``)."""
+    top = torch.full((len(ACTION_UNITS),), 1.4)
+    return torch.stack([torch.zeros_like(top), top, torch.zeros_like(top), top])

@@ -34,6 +34,7 @@ class Template:
     neck_xyz: torch.Tensor  # [Nn, 3] neck positions for face_width 1
     n_phi: int
     n_theta: int
+    n_neck: int  # neck points around; the neck grid is [rows, n_neck]
     front: torch.Tensor  # int64 indices of face-side points (where features are painted)
     regions: dict[str, torch.Tensor]  # int64 indices of boxes in (P, Q) holding each feature
 
@@ -92,7 +93,7 @@ def build_template(image_size: int) -> Template:
         for name, (p0, p1, q0, q1) in boxes.items()
     }
     return Template(X=X, Y=Y, Z=Z, ear=ear, is_neck=is_neck, neck_xyz=neck_xyz.float(), n_phi=n_phi,
-                    n_theta=n_theta, front=torch.nonzero(face).flatten(), regions=regions)
+                    n_theta=n_theta, n_neck=n_a, front=torch.nonzero(face).flatten(), regions=regions)
 
 
 def _col(t: torch.Tensor) -> torch.Tensor:
@@ -328,3 +329,55 @@ def _paint_mouth(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Te
     teeth = inside * (f.teeth * upper + (f.lip_stretch.clamp(0, 1) * lower))
     _paint(sub, teeth.clamp(0, 1), torch.tensor([0.93, 0.91, 0.85]))
     color[:, idx] = sub
+
+
+_GAP = 0.8  # pixels: the widest gap a thinned grid may leave (the full grid's own at the face centre)
+_MAX_STRIDE = 8
+
+
+def _strides(step: torch.Tensor, dim: int, periodic: bool) -> torch.Tensor:
+    """Power-of-two stride per grid point such that stride x the largest nearby step <= _GAP."""
+    k = 2 * _MAX_STRIDE - 1  # look as far as the widest stride reaches
+    s = step.unsqueeze(0).unsqueeze(0) if dim == 1 else step.T.unsqueeze(0).unsqueeze(0)
+    mode = "circular" if periodic else "replicate"
+    s = torch.nn.functional.pad(s, (k // 2, k // 2, 0, 0), mode=mode)
+    s = torch.nn.functional.max_pool2d(s, (1, k), stride=1)[0, 0]
+    s = s if dim == 1 else s.T
+    stride = torch.ones_like(s, dtype=torch.int64)
+    for m in (2, 4, 8):
+        stride = torch.where(s * m <= _GAP, m, stride)
+    return stride
+
+
+def _thin(pix: torch.Tensor) -> torch.Tensor:
+    """Keep-mask [R*S] of a grid [C, R, S, 2] of pixel positions (columns wrap around): every
+    stride-th row and column where the projected spacing is dense."""
+    col = (pix.roll(-1, 2) - pix).norm(dim=-1)
+    col = torch.maximum(col, col.roll(1, 2)).amax(0)
+    row = (pix[:, 1:] - pix[:, :-1]).norm(dim=-1)
+    row = torch.maximum(torch.nn.functional.pad(row, (0, 0, 0, 1)), torch.nn.functional.pad(row, (0, 0, 1, 0)))
+    row = row.amax(0)
+    s_col, s_row = _strides(col, 1, periodic=True), _strides(row, 0, periodic=False)
+    r = torch.arange(pix.shape[1])[:, None]
+    c = torch.arange(pix.shape[2])[None, :]
+    return ((c % s_col == 0) & (r % s_row == 0)).flatten()
+
+
+def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_per_unit: float) -> torch.Tensor:
+    """Template indices worth splatting at one view: those that can face the camera, thinned where
+    the grid lands much denser than a pixel (grazing sides, the crown). ``probe`` [C, Np, 3] are
+    extreme deformed heads; the spacing is the largest any of them shows."""
+    y, p = math.radians(yaw), math.radians(pitch)
+    X, Y, Z = probe.unbind(-1)
+    u = px_per_unit * (X * math.cos(y) + Z * math.sin(y))
+    z1 = Z * math.cos(y) - X * math.sin(y)
+    w = px_per_unit * (Y * math.cos(p) + z1 * math.sin(p))
+    pix = torch.stack([u, w], -1)
+    c = len(probe)
+    head = _thin(pix[:, :t.num_head].reshape(c, t.n_phi, t.n_theta, 2))
+    n_y = int(t.is_neck.sum()) // t.n_neck
+    neck = _thin(pix[:, t.num_head:].reshape(c, n_y, t.n_neck, 2))
+    # Facing test on the undeformed directions (same rotation as render.rotate); the margin
+    # keeps points a deformation may turn toward the camera.
+    z2 = (t.Z * math.cos(y) - t.X * math.sin(y)) * math.cos(p) - t.Y * math.sin(p)
+    return torch.nonzero(torch.cat([head, neck]) & (z2 > -0.15)).flatten()

@@ -64,3 +64,9 @@ def sample_identity(seed: int, subjects: torch.Tensor) -> Identity:
     k = len(_RANGES)
     skin = _palette(_SKIN, u[:, k]) * shape["brightness"][:, None]
     return Identity(shape=shape, skin=skin, hair=_palette(_HAIR, u[:, k + 1]), iris=_palette(_IRIS, u[:, k + 2]))
+
+
+def extreme_shapes() -> dict[str, torch.Tensor]:
+    """Shape fields [4] at (low, low, high, high) ends of their ranges: bounds for how far apart
+    the template points can land (see ``face.view_points``)."""
+    return {name: torch.tensor([lo, lo, hi, hi]) for name, (lo, hi) in _RANGES.items()}

@@ -1,4 +1,8 @@
-"""Batched point-splat rendering with a z-buffer: rotation, projection, occlusion, compositing."""
+"""Batched point-splat rendering with a z-buffer: rotation, projection, occlusion, compositing.
+
+Everything per point is a single elementwise torch op (no fused multiply-adds, no
+reductions), so a pixel's value never depends on which batch its image was rendered in.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ import torch
 #: Head-space height the image is centred on, and head units across the image height.
 FRAME_CENTER_Y = -0.1
 FRAME_UNITS = 2.2
-_DEPTH_SCALE = float(2**20)  # depth quantisation for the z-buffer key
 VISIBILITY_TOLERANCE = 0.06  # head units a landmark may lie behind the nearest surface
+_DEPTH_OFFSET = 4.0  # rotated depths lie in (-4, 4); keys use depth + 4 > 0
 
 
 @attrs.frozen
@@ -34,14 +38,14 @@ class View:
 def rotate(points: torch.Tensor, v: View) -> torch.Tensor:
     """Yaw about the vertical axis, then pitch; [B, K, 3] -> [B, K, 3].
 
-    Positive yaw turns the subject's left cheek (+x) toward the camera (+z), so the nose
-    moves to the image's left; positive pitch lifts the chin.
+    Positive yaw turns the nose (+z) toward +x, the image's right edge (facedapt.data.samples);
+    positive pitch lifts the chin. ``splat`` uses the same formulas.
     """
     x, y, z = points.unbind(-1)
     cy, sy = v.cos_yaw[:, None], v.sin_yaw[:, None]
     cp, sp = v.cos_pitch[:, None], v.sin_pitch[:, None]
-    x1 = x * cy - z * sy
-    z1 = z * cy + x * sy
+    x1 = x * cy + z * sy
+    z1 = z * cy - x * sy
     y2 = y * cp + z1 * sp
     z2 = z1 * cp - y * sp
     return torch.stack([x1, y2, z2], -1)
@@ -58,17 +62,59 @@ def project(points: torch.Tensor, v: View, size: int) -> torch.Tensor:
 _MARGIN = 2  # off-frame points are clamped onto this border, which is cropped away
 
 
-def splat(points: torch.Tensor, v: View, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z-buffer of rotated points: winning point index per pixel [B, H*W] (-1: none) and its depth key."""
-    b, n, _ = points.shape
+def depth_scale(num_points: int) -> float:
+    """Depth quantisation steps per head unit: the finest power of two whose int32 key
+    (quantised depth x num_points + point index) cannot overflow."""
+    scale = 2.0**20
+    while 2 * _DEPTH_OFFSET * scale * (num_points + 1) >= 2**31 - 1:
+        scale /= 2
+    return scale
+
+
+def splat(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, v: View, size: int,
+          dscale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-buffer of head-space points ``x, y, z`` [B, K]: winning point per pixel [B, H*W] (-1: none)
+    and its quantised depth (int32).
+
+    Rotation and projection are folded into per-image coefficients; the key packs the depth
+    above the point index so one int32 ``scatter_reduce`` amax picks the nearest point.
+    """
+    b, n = x.shape
     full = size + 2 * _MARGIN
-    xy = project(points, v, size) + _MARGIN
+    cy, sy, cp, sp = v.cos_yaw, v.sin_yaw, v.cos_pitch, v.sin_pitch
+    k = (size / FRAME_UNITS) * v.scale
+
+    def col(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, 1)
+
+    u = x * col(k * cy)
+    u += z * col(k * sy)
+    u += col(size / 2 + _MARGIN + v.shift_x)
+    # A power-of-two depth scale is exact, so folding it into the coefficients changes nothing.
+    if bool((sp != 0).any()):
+        z1 = z * col(cy)
+        z1 -= x * col(sy)
+        w = y * col(-k * cp)
+        w += z1 * col(-k * sp)
+        zq = z1.mul_(col(cp * dscale))
+        zq -= y * col(sp * dscale)
+    else:  # the same values as above with cp = 1, sp = 0, in fewer passes
+        w = y * col(-k)
+        zq = z * col(cy * dscale)
+        zq -= x * col(sy * dscale)
+    w += col(size / 2 + _MARGIN + k * FRAME_CENTER_Y + v.shift_y)
     top = full - 0.5
-    flat = (xy[..., 1].clamp(0, top).floor() * full + xy[..., 0].clamp(0, top).floor()).to(torch.int64)
-    flat += torch.arange(0, b * full * full, full * full)[:, None]
-    key = ((points[..., 2] + 4.0) * _DEPTH_SCALE).to(torch.int64) * n + torch.arange(n)[None, :]
-    zbuf = torch.full((b * full * full,), -1, dtype=torch.int64)
-    zbuf.scatter_reduce_(0, flat.view(-1), key.view(-1), reduce="amax", include_self=True)
+    u.clamp_(0, top).floor_()
+    w.clamp_(0, top).floor_()
+    w *= full
+    w += u
+    flat = w.to(torch.int64)
+    zq += _DEPTH_OFFSET * dscale
+    key = zq.to(torch.int32)
+    key *= n
+    key += torch.arange(n, dtype=torch.int32)
+    zbuf = torch.full((b, full * full), -1, dtype=torch.int32)
+    zbuf.scatter_reduce_(1, flat, key, reduce="amax", include_self=True)
     zbuf = zbuf.view(b, full, full)[:, _MARGIN:_MARGIN + size, _MARGIN:_MARGIN + size].reshape(b, size * size)
     hit = zbuf >= 0
     return torch.where(hit, zbuf % n, -1), torch.where(hit, zbuf // n, -1)
@@ -94,41 +140,50 @@ def fill_holes(winner: torch.Tensor, depth: torch.Tensor, size: int) -> tuple[to
     return w.reshape(b, -1), d.reshape(b, -1)
 
 
-def background(v: View, size: int) -> torch.Tensor:
-    """Linear colour gradients [B, C, H, W]."""
+def background(v: View, size: int, gain: torch.Tensor) -> torch.Tensor:
+    """Linear colour gradients [B, C, H*W], multiplied by ``gain`` [B]."""
     grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
-    t = 0.5 + 0.5 * (v.bg_dir_x[:, None, None] * grid[None, None, :] + v.bg_dir_y[:, None, None] * grid[None, :, None])
-    t = t[:, None]
-    return v.bg_from[:, :, None, None] + (v.bg_to - v.bg_from)[:, :, None, None] * t
+    t = v.bg_dir_x[:, None, None] * grid[None, None, :] + v.bg_dir_y[:, None, None] * grid[None, :, None]
+    t = t.view(len(t), 1, size * size)
+    lo = (v.bg_from + (v.bg_to - v.bg_from) * 0.5) * gain[:, None]  # colour at t = 0
+    half = (v.bg_to - v.bg_from) * (0.5 * gain[:, None])
+    return t * half[:, :, None] + lo[:, :, None]
 
 
-def render_views(points: torch.Tensor, colors: torch.Tensor, v: View, size: int, noise_bank: torch.Tensor,
-                 noise_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 [B, C, H, W] and the depth-key buffer [B, H*W] of B posed faces.
+def render_views(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, point_ids: torch.Tensor,
+                 colors: torch.Tensor, owner: torch.Tensor, v: View, size: int, noise: torch.Tensor,
+                 dscale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 [B, C, H, W] and the depth buffer [B, H*W] of B posed faces.
 
-    ``points`` [B, K, 3] are head-space positions, ``colors`` [B, K, C] shaded colours.
+    ``x, y, z`` [B, K] are head-space positions of the view's points, ``point_ids`` [K] their
+    template indices, ``colors`` [M, Np, C] shaded template colours of M captures and
+    ``owner`` [B] each image's capture row. ``noise`` is the bank pre-scaled to 0..255 units
+    with the rounding half added.
     """
-    b, n, ch = colors.shape
-    rotated = rotate(points, v)
-    winner, depth = fill_holes(*splat(rotated, v, size), size)
-    covered = (winner >= 0).view(b, size, size)
-    flat = (torch.arange(b)[:, None] * n + winner.clamp(min=0)).flatten()
-    face = colors.reshape(b * n, ch)[flat].view(b, size, size, ch).permute(0, 3, 1, 2)
-    img = torch.where(covered[:, None], face, background(v, size)) * v.gain[:, None, None, None]
+    b = x.shape[0]
+    m, n_tpl, ch = colors.shape
+    winner, depth = fill_holes(*splat(x, y, z, v, size, dscale), size)
+    covered = winner >= 0
+    # Colour lookup only for the winning points, not for every splatted one.
+    rows = owner[:, None] * n_tpl + point_ids[winner.clamp(min=0)]
+    gain = v.gain * 255.0
+    face = colors.reshape(m * n_tpl, ch)[rows.view(-1)].view(b, size * size, ch)
+    face *= gain[:, None, None]
+    img = torch.where(covered[:, None, :], face.transpose(1, 2), background(v, size, gain))
     span = ch * size * size
-    window = v.noise_offset[:, None] + torch.arange(span)[None, :]
-    img = img + noise_sigma * noise_bank[window].view(b, ch, size, size)
-    return (img.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8), depth
+    img = img.view(b, span)
+    img += noise.unfold(0, span, 1)[v.noise_offset]
+    return img.clamp_(0.5, 255.5).to(torch.uint8).view(b, ch, size, size), depth
 
 
-def landmark_pixels(landmarks: torch.Tensor, v: View, size: int,
-                    depth_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def landmark_pixels(landmarks: torch.Tensor, v: View, size: int, depth: torch.Tensor,
+                    dscale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel coordinates [B, 68, 2] and visibility [B, 68] of head-space landmarks."""
     rotated = rotate(landmarks, v)
     xy = project(rotated, v, size)
     pix = xy.floor().to(torch.int64)
     inside = (pix >= 0).all(-1) & (pix < size).all(-1)
     flat = (pix[..., 1] * size + pix[..., 0]).clamp(0, size * size - 1)
-    surface = torch.gather(depth_keys, 1, flat)
-    own = ((rotated[..., 2] + 4.0 + VISIBILITY_TOLERANCE) * _DEPTH_SCALE).to(torch.int64)
+    surface = torch.gather(depth, 1, flat)
+    own = ((rotated[..., 2] + (_DEPTH_OFFSET + VISIBILITY_TOLERANCE)) * dscale).to(torch.int32)
     return xy, inside & (own >= surface)

@@ -13,15 +13,15 @@ from facedapt.data.samples import EXPRESSIONS, Samples
 from facedapt.errors import RecipeError
 
 from . import randomness as rnd
-from .expressions import ACTION_UNITS, Style, activations, sample_style
-from .face import Template, albedo, build_template, capture_points, face_shape
-from .identity import Identity, sample_identity
+from .expressions import ACTION_UNITS, Style, activations, extreme_activations, sample_style
+from .face import albedo, build_template, capture_points, face_shape, view_points
+from .identity import Identity, extreme_shapes, sample_identity
 from .landmarks import landmarks_3d
 from .presets import SyntheticPreset, resolve
-from .render import FRAME_UNITS, View, landmark_pixels, render_views
+from .render import FRAME_UNITS, View, depth_scale, landmark_pixels, render_views
 
 #: Bump whenever the same parameters would produce different images.
-GENERATOR_VERSION = "synthetic-faces-1"
+GENERATOR_VERSION = "synthetic-faces-2"
 _NOISE_BANK = 1 << 20
 
 
@@ -188,18 +188,24 @@ class SyntheticFaces:
             raise IndexError(f"image index out of range 0..{n_img - 1}")
         views_all = self._views(torch.arange(n_img), lay)
         ident, style, act, light = self._captures(lay)
-        t = build_template(p.image_size)
-        n_views = len(lay.view_yaw)
-        culls = [_facing_points(t, float(y), float(pt)) for y, pt in zip(lay.view_yaw, lay.view_pitch)]
         size, ch = p.image_size, self.channels
-        bank = rnd.noise_bank(self.seed, _NOISE_BANK)
+        t = build_template(size)
+        probe = capture_points(t, face_shape(extreme_shapes(), extreme_activations(), torch.zeros(4)))[0]
+        px_per_unit = size / FRAME_UNITS * (1 + 0.06 * p.jitter)  # the largest jittered framing
+        subsets = [view_points(t, probe, float(y), float(pt), px_per_unit)
+                   for y, pt in zip(lay.view_yaw, lay.view_pitch)]
+        scales = [depth_scale(len(keep)) for keep in subsets]
+        # Noise in output units with the rounding half folded in (one add per pixel later).
+        noise = rnd.noise_bank(self.seed, _NOISE_BANK) * (0.04 * p.noise * 255.0) + 0.5
         images = torch.empty((len(index), ch, size, size), dtype=torch.uint8)
         lms = torch.empty((len(index), 68, 2))
         visible = torch.empty((len(index), 68), dtype=torch.bool)
         caps = lay.img_capture[index]
+        img_view = lay.img_view[index]
         unique_caps = caps.unique()
-        per_chunk = max(1, (batch_size or self.batch_size) // n_views)
+        per_chunk = max(1, (batch_size or self.batch_size) // len(lay.view_yaw))
         aa = 0.5 * FRAME_UNITS / size
+        luma = torch.tensor([[0.299], [0.587], [0.114]])
         for start in range(0, len(unique_caps), per_chunk):
             chunk = unique_caps[start:start + per_chunk]
             subj = lay.cap_subject[chunk]
@@ -210,32 +216,26 @@ class SyntheticFaces:
             lam = (normal * light[chunk][:, None, :]).sum(-1).clamp(min=0)
             color = color * (0.42 + 0.68 * lam)[..., None]
             if ch == 1:
-                color = color @ torch.tensor([[0.299], [0.587], [0.114]])
+                color = color @ luma
+            xyz = pos.permute(2, 0, 1).contiguous()  # [3, M, Np]: one contiguous plane per axis
             lm3 = landmarks_3d(f)
             local = torch.full((int(chunk.max()) + 1,), -1, dtype=torch.int64)
             local[chunk] = torch.arange(len(chunk))
             rows = torch.nonzero(torch.isin(caps, chunk)).flatten()
-            for v in lay.img_view[index[rows]].unique().tolist():
-                sel = rows[lay.img_view[index[rows]] == v]
+            for v in img_view[rows].unique().tolist():
+                sel = rows[img_view[rows] == v]
                 sel = sel[torch.argsort(local[caps[sel]], stable=True)]
-                cap_local = local[caps[sel]]
-                keep = culls[v]
-                pts, cols = pos[:, keep], color[:, keep]
-                if len(cap_local) != len(chunk) or bool((cap_local != torch.arange(len(chunk))).any()):
-                    pts, cols = pts[cap_local], cols[cap_local]  # a subset, or repeated indices
+                owner = local[caps[sel]]
+                keep = subsets[v]
+                plane = xyz if len(owner) == len(chunk) and bool((owner == torch.arange(len(chunk))).all()) \
+                    else xyz[:, owner]  # a subset, or repeated indices
+                x, y, z = plane.index_select(2, keep).unbind(0)
                 view = _take(views_all, index[sel])
-                img, depth = render_views(pts, cols, view, size, bank, 0.04 * p.noise)
-                xy, vis = landmark_pixels(lm3[cap_local], view, size, depth)
+                img, depth = render_views(x, y, z, keep, color, owner, view, size, noise, scales[v])
+                xy, vis = landmark_pixels(lm3[owner], view, size, depth, scales[v])
                 images[sel], lms[sel], visible[sel] = img, xy, vis
         return Rendered(images=images, landmarks=lms, visible=visible)
 
-
-def _facing_points(t: Template, yaw: float, pitch: float) -> torch.Tensor:
-    """Template points that can face a camera at (yaw, pitch); the rest are never visible."""
-    y, p = math.radians(yaw), math.radians(pitch)
-    z1 = t.Z * math.cos(y) + t.X * math.sin(y)
-    z2 = z1 * math.cos(p) - t.Y * math.sin(p)
-    return torch.nonzero(z2 > -0.15).flatten()
 
 def _take(v: View, index: torch.Tensor) -> View:
     return View(**{f.name: getattr(v, f.name)[index] for f in attrs.fields(View)})

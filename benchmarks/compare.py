@@ -1,0 +1,173 @@
+"""Method comparison on the built-in synthetic faces (personalized protocol).
+
+Every row adapts from the same source model per seed (trained once by the pose-aware recipe
+with all its networks), so rows differ only in what they do on the target person. Each target
+subject's images are split in halves: methods adapt on one half (unlabelled; the
+target-supervised upper bound uses its labels) and are measured on the other.
+
+    python benchmarks/compare.py                 # quick configuration (about an hour on 2 cores)
+    python benchmarks/compare.py --full          # the documented full-size configuration
+
+Runs are kept under --workdir and skipped when their results.json exists, so an interrupted
+benchmark continues where it stopped. Writes benchmarks/results/compare.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_ROWS = ["source_only", "adabn", "dann", "cdan", "pada", "target_supervised"]
+ABLATIONS = ["pada_no_cross", "pada_no_reconstruction", "pada_no_pose", "pada_shared_norm"]
+LABELS = {
+    "source_only": "source-only",
+    "adabn": "AdaBN",
+    "dann": "DANN (f_e only)",
+    "cdan": "CDAN+E",
+    "pada": "pose-aware ADA (full)",
+    "pada_no_cross": "  without cross-adversarial terms",
+    "pada_no_reconstruction": "  without reconstruction",
+    "pada_no_pose": "  without pose branch",
+    "pada_shared_norm": "  with shared normalization",
+    "target_supervised": "target-supervised (upper bound, uses target labels)",
+}
+
+
+def configuration(full: bool) -> dict:
+    if full:
+        return {"targets": 10, "seeds": 5, "ablation_seeds": 3, "overrides": [
+            "train.source_steps=3000", "train.steps=300", "model.backbone={name: resnet18}"]}
+    return {"targets": 6, "seeds": 3, "ablation_seeds": 1, "overrides": []}
+
+
+def run(recipe: str, run_dir: Path, overrides: list[str]) -> dict:
+    done = run_dir / "results.json"
+    if not done.is_file():
+        cmd = [sys.executable, "-m", "facedapt", "-q", "run", str(ROOT / "recipes" / f"{recipe}.yaml"), *overrides,
+               "--run-dir", str(run_dir)]
+        if (run_dir / "recipe.yaml").is_file():
+            cmd.append("--resume")
+        print("  $", " ".join(cmd[3:]), flush=True)
+        subprocess.run(cmd, check=True)
+    return json.loads(done.read_text())
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="the full-size configuration")
+    ap.add_argument("--seeds", type=int, help="seeds for the main rows")
+    ap.add_argument("--ablation-seeds", type=int)
+    ap.add_argument("--targets", type=int, help="number of target subjects")
+    ap.add_argument("--rows", nargs="*", help="only these rows (recipe names)")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / "compare")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
+    ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
+    args = ap.parse_args()
+    cfg = configuration(args.full)
+    seeds = args.seeds or cfg["seeds"]
+    ab_seeds = args.ablation_seeds or cfg["ablation_seeds"]
+    targets = args.targets or cfg["targets"]
+    common = [f"data.target_subjects={{first: {targets}}}", "data.target_holdout=0.5", *cfg["overrides"],
+              *args.overrides]
+    rows = args.rows or MAIN_ROWS + ABLATIONS
+    started = time.perf_counter()
+    results: dict[str, list[dict]] = {r: [] for r in rows}
+    for seed in range(seeds):
+        print(f"seed {seed}", flush=True)
+        base_dir = args.workdir / f"seed{seed}" / "pada"
+        base = run("pada", base_dir, [f"seed={seed}", *common])
+        warm = [f"train.init_from={base_dir / 'source' / 'model.pt'}", "train.source_steps=0"]
+        for row in rows:
+            if row in ABLATIONS and seed >= ab_seeds:
+                continue
+            res = base if row == "pada" else run(row, args.workdir / f"seed{seed}" / row, [f"seed={seed}", *common, *warm])
+            results[row].append(res)
+
+    report = summarize(results, seeds, ab_seeds, targets, common, time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    md = render(report)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+def summarize(results: dict[str, list[dict]], seeds: int, ab_seeds: int, targets: int, overrides: list[str],
+              seconds: float) -> dict:
+    rows = {}
+    base = {sid: statistics.fmean(r["per_subject"][sid]["accuracy"] for r in results["source_only"])
+            for sid in results["source_only"][0]["per_subject"]} if results.get("source_only") else {}
+    for name, runs in results.items():
+        if not runs:
+            continue
+        acc = mean_std([r["target_accuracy"] for r in runs])
+        subjects = {sid: statistics.fmean(r["per_subject"][sid]["accuracy"] for r in runs) for sid in runs[0]["per_subject"]}
+        yaws = {y: statistics.fmean(r["per_yaw"][y] for r in runs) for y in runs[0]["per_yaw"]}
+        leak = {k: statistics.fmean(r["leakage"][k] for r in runs if k in r["leakage"]) for k in runs[0]["leakage"]}
+        deltas = {sid: subjects[sid] - base[sid] for sid in subjects if sid in base}
+        rows[name] = {
+            "label": LABELS.get(name, name), "seeds": len(runs), "accuracy_mean": acc[0], "accuracy_std": acc[1],
+            "uar_mean": statistics.fmean(r["target_uar"] for r in runs),
+            "subject_std": statistics.fmean(r["target_accuracy_std"] for r in runs),
+            "per_subject": subjects, "per_subject_delta": deltas, "per_yaw": yaws, "leakage": leak,
+            "adapt_seconds_per_subject": statistics.fmean(
+                s for r in runs for s in r["timing"]["per_subject_adapt"].values()),
+        }
+    goal = {}
+    if "pada" in rows and "source_only" in rows:
+        d = rows["pada"]["per_subject_delta"]
+        goal = {"mean_gain_over_source_only": rows["pada"]["accuracy_mean"] - rows["source_only"]["accuracy_mean"],
+                "worst_subject_delta": min(d.values()) if d else None,
+                "gain_over_adabn": rows["pada"]["accuracy_mean"] - rows["adabn"]["accuracy_mean"] if "adabn" in rows else None}
+    return {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
+            "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:]), "seeds": seeds,
+            "ablation_seeds": ab_seeds, "targets": targets, "overrides": overrides, "selection": "last",
+            "seconds": round(seconds), "rows": rows, "goal": goal}
+
+
+def render(rep: dict) -> str:
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    out = [f"Personalized adaptation on the synthetic faces ({rep['date']}, {rep['machine']}); "
+           f"{rep['targets']} target subjects, main rows {rep['seeds']} seeds, ablations {rep['ablation_seeds']}; "
+           f"selection rule `{rep['selection']}`; `{rep['command']}` ({rep['seconds'] // 60} min).", "",
+           "| method | seeds | target accuracy % (mean ± std over seeds) | UAR % | spread over subjects | pose from f_e | expression from f_p | adapt s/subject |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rep["rows"].values():
+        leak = r["leakage"]
+        out.append(f"| {r['label']} | {r['seeds']} | {pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])} | {pct(r['uar_mean'])} "
+                   f"| {pct(r['subject_std'])} | {pct(leak['pose_from_expression']) if 'pose_from_expression' in leak else '-'} "
+                   f"| {pct(leak['expression_from_pose']) if 'expression_from_pose' in leak else '-'} | {r['adapt_seconds_per_subject']:.1f} |")
+    rows = rep["rows"]
+    if "source_only" in rows:
+        subjects = list(rows["source_only"]["per_subject"])
+        out += ["", "Per target subject: accuracy % (change against source-only, points)", "",
+                "| method | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
+        for r in rows.values():
+            cells = [f"{pct(r['per_subject'][s])} ({100 * r['per_subject_delta'].get(s, 0):+.1f})" for s in subjects]
+            out.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        yaws = list(rows["source_only"]["per_yaw"])
+        out += ["", "Per yaw (degrees): accuracy %", "", "| method | " + " | ".join(yaws) + " |", "|---|" + "---|" * len(yaws)]
+        for r in rows.values():
+            out.append(f"| {r['label']} | " + " | ".join(pct(r["per_yaw"].get(y, float('nan'))) for y in yaws) + " |")
+    if rep["goal"]:
+        g = rep["goal"]
+        out += ["", f"Goal check: mean gain over source-only {100 * g['mean_gain_over_source_only']:+.1f} points (goal +5); "
+                f"worst subject {100 * g['worst_subject_delta']:+.1f} points (goal no worse than -3); "
+                f"gain over AdaBN {100 * (g['gain_over_adabn'] or 0):+.1f} points (goal > 0)."]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
