@@ -10,10 +10,10 @@ import argparse
 from pathlib import Path
 
 import torch
+from facedapt_plugins.datasets.synthetic import SyntheticFaces
 from PIL import Image, ImageDraw
 
 from facedapt.data.samples import EXPRESSIONS
-from facedapt_plugins.datasets.synthetic import SyntheticFaces
 
 ROOT = Path(__file__).resolve().parents[1]
 

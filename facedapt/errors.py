@@ -38,6 +38,11 @@ class CheckpointError(UsageError):
     """A checkpoint that is missing, corrupt or from a different recipe."""
 
 
+class StorageError(FacedaptError):
+    """A file could not be written (disk full, read-only file system); the file it was to
+    replace is left as it was."""
+
+
 class NumericalError(FacedaptError):
     """A NaN or Inf loss under the `abort` policy."""
 

@@ -76,7 +76,8 @@ def facedapt_register_augmentations(registry: Any) -> None:
 
 @hookspec
 def facedapt_register_metrics(registry: Any) -> None:
-    """Register evaluation metrics: fn(pred, target, num_classes) -> float or tensor."""
+    """Register evaluation metrics: fn(confusion) -> float, where ``confusion`` is a
+    [classes, classes] count matrix (rows: true class, columns: prediction)."""
 
 
 @hookspec
@@ -86,7 +87,9 @@ def facedapt_on_run_start(run: Any) -> None:
 
 @hookspec
 def facedapt_on_step_end(run: Any, step: int, metrics: dict[str, float]) -> None:
-    """One training step ended; ``metrics`` holds its losses as floats."""
+    """Called every ``train.log_every`` steps and at the end of a phase; ``metrics`` holds
+    the step's losses as floats plus ``phase``, ``target``, ``step`` and ``skipped``.
+    (Not every step: reading losses from a GPU each step would stall it.)"""
 
 
 @hookspec

@@ -105,6 +105,9 @@ def bind_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], *, key: str
     params = sig.parameters
     accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for name in kwargs:
+        if name in provided:
+            raise RecipeError(f"{name!r} is supplied by the engine (from the data or the method's settings); "
+                              "remove it here", file=file, key=f"{key}.{name}")
         if name not in params and not accepts_var_kw:
             close = difflib.get_close_matches(name, list(params), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {', '.join(params) or 'none'}"

@@ -6,7 +6,14 @@ import torch
 
 from facedapt import hookimpl
 from facedapt.data.samples import Samples
-from facedapt.data.splits import Domain, SplitRequest, Target, labelled, select_subjects, split_holdout
+from facedapt.data.splits import (
+    Domain,
+    SplitRequest,
+    Target,
+    labelled,
+    select_subjects,
+    split_holdout,
+)
 from facedapt.errors import DataError
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-
 import toy_plugin
+
 from facedapt.plugin_manager import AUTOLOAD_ENV, Plugins, load_plugins, reset_plugins
 from facedapt.recipe.load import LoadedRecipe, load_recipe
 

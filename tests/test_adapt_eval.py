@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import toy_plugin
 import torch
+import toy_plugin
 from conftest import make_distribution, model_state, run_toy
 from loguru import logger
 from PIL import Image

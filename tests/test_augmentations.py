@@ -8,12 +8,17 @@ from collections.abc import Callable
 import attrs
 import pytest
 import torch
+from facedapt_plugins import augmentations as aug_mod
+from facedapt_plugins.landmarks import (
+    FLIP_PERM_5,
+    FLIP_PERM_68,
+    TEMPLATE_5,
+    five_points,
+)
 
 from facedapt.data import NUM_POSE_BINS, bin_to_yaw, yaw_to_bin
 from facedapt.method import Batch
 from facedapt.registry import Registry, bind_kwargs
-from facedapt_plugins import augmentations as aug_mod
-from facedapt_plugins.landmarks import FLIP_PERM_5, FLIP_PERM_68, TEMPLATE_5, five_points
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 H = W = 64

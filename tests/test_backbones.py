@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from facedapt_plugins.backbones import IR50, ConvNet, ResNet18
 
 

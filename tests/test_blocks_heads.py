@@ -6,12 +6,16 @@ import inspect
 
 import pytest
 import torch
-
-from facedapt.registry import Registry, bind_kwargs
 from facedapt_plugins import backbones, decoders, discriminators, heads, losses
 from facedapt_plugins.decoders import ConvDecoder
-from facedapt_plugins.discriminators import ConditionalDiscriminator, MLPDiscriminator, multilinear_map
+from facedapt_plugins.discriminators import (
+    ConditionalDiscriminator,
+    MLPDiscriminator,
+    multilinear_map,
+)
 from facedapt_plugins.heads import LinearClassifier, MLPEncoder
+
+from facedapt.registry import Registry, bind_kwargs
 
 
 def test_mlp_encoder_and_linear_classifier() -> None:

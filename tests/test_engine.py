@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import toy_plugin
 import torch
+import toy_plugin
 from conftest import assert_same_models, model_state, run_toy, toy_recipe
 
 from facedapt import hookimpl

@@ -8,8 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from facedapt_plugins.layers import (
     DomainBatchNorm1d,
     DomainBatchNorm2d,
@@ -29,6 +27,7 @@ from facedapt_plugins.losses import (
     DomainAdversarial,
     Entropy,
 )
+from torch import nn
 
 
 # --------------------------------------------------------------------------- gradient reversal

@@ -4,9 +4,9 @@ distribution, built-in plugin modules import."""
 from __future__ import annotations
 
 import importlib
-import tomllib
 
 import pytest
+import tomllib
 from conftest import ROOT
 
 from facedapt.plugin_manager import BUILTIN_PLUGINS

@@ -13,7 +13,12 @@ import facedapt
 from facedapt.engine.run import Runner
 from facedapt.errors import PluginError, RecipeError
 from facedapt.hookspecs import FAMILIES
-from facedapt.plugin_manager import AUTOLOAD_ENV, BUILTIN_PLUGINS, get_plugins, load_plugins
+from facedapt.plugin_manager import (
+    AUTOLOAD_ENV,
+    BUILTIN_PLUGINS,
+    get_plugins,
+    load_plugins,
+)
 from facedapt.recipe.validate import validate
 from facedapt.registry import Origin, Registry
 

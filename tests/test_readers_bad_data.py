@@ -7,9 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from facedapt.errors import DataError, UsageError
 from facedapt_plugins.datasets.readers import (
     BU3DFE,
     FER2013,
@@ -23,6 +20,9 @@ from facedapt_plugins.datasets.readers import (
     MultiPIE,
     RaFD,
 )
+from PIL import Image
+
+from facedapt.errors import DataError, UsageError
 
 try:
     import fixtures_layouts as L

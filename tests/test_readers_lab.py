@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from facedapt_plugins.datasets import readers
+from facedapt_plugins.datasets.readers import (
+    BU3DFE,
+    JAFFE,
+    KDEF,
+    CKPlus,
+    MultiPIE,
+    RaFD,
+)
 
 from facedapt.data import EXPRESSIONS, DatasetSource, Samples
 from facedapt.registry import Registry
-from facedapt_plugins.datasets import readers
-from facedapt_plugins.datasets.readers import BU3DFE, JAFFE, KDEF, CKPlus, MultiPIE, RaFD
 
 try:
     import fixtures_layouts as L
@@ -38,7 +45,7 @@ def test_registers_every_reader() -> None:
     registry = Registry("datasets")
     readers.facedapt_register_datasets(registry)
     assert registry.names() == sorted(
-        ["multipie", "bu3dfe", "kdef", "rafd", "ckplus", "jaffe", "fer2013", "rafdb", "manifest", "image_folder"])
+        ["multipie", "bu3dfe", "kdef", "rafd", "ckplus", "jaffe", "fer2013", "rafdb", "manifest", "image_folder", "photos"])
     for entry in registry:
         assert isinstance(entry.factory("/nowhere"), DatasetSource)
 

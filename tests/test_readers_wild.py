@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from facedapt_plugins.datasets.readers import (
+    BU3DFE,
+    FER2013,
+    KDEF,
+    RAFDB,
+    ImageFolder,
+    Manifest,
+    MultiPIE,
+)
 
 from facedapt.data import EXPRESSIONS
 from facedapt.data.export import write_manifest
 from facedapt.data.inspect import format_summary, summarize
 from facedapt.errors import DataError
-from facedapt_plugins.datasets.readers import FER2013, KDEF, RAFDB, BU3DFE, ImageFolder, Manifest, MultiPIE
 
 try:
     import fixtures_layouts as L

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from facedapt_plugins.datasets import synthetic
+from facedapt_plugins.datasets.synthetic import SyntheticFaces, five_points
 
 from facedapt.data.samples import EXPRESSIONS, Samples
 from facedapt.errors import RecipeError
 from facedapt.registry import Registry
-from facedapt_plugins.datasets import synthetic
-from facedapt_plugins.datasets.synthetic import SyntheticFaces, five_points
 
 CLEAN = dict(noise=0.0, jitter=0.0, lighting=0.0, background=0.0)  # photometric nuisances off
 
@@ -93,20 +93,42 @@ def test_frontal_is_symmetric_and_turned_face_is_not(posed) -> None:
 
 
 def test_yaw_sign_convention(posed) -> None:
-    """Positive yaw shows the subject's left cheek: the nose moves to the image's left."""
+    """Positive yaw turns the face toward the viewer's right: the nose moves to the image's right."""
     ds, out = posed
     lay = ds.layout()
     yaw = lay.view_yaw[lay.img_view]
     lm = out.landmarks
     right_eye, left_eye, nose = lm[:, 36:42, 0].mean(1), lm[:, 42:48, 0].mean(1), lm[:, 30, 0]
     pos, neg = yaw == 60, yaw == -60
-    # The visible (left) eye lies further from the nose than the far one, and the nose is left of both.
-    assert ((left_eye - nose)[pos] > (nose - right_eye)[pos].abs()).all()
-    assert (nose[pos] < right_eye[pos]).all()
-    assert ((nose - right_eye)[neg] > (left_eye - nose)[neg].abs()).all()
-    assert (nose[neg] > left_eye[neg]).all()
+    # The visible (right) eye lies further from the nose than the far one, and the nose is right of both.
+    assert ((nose - right_eye)[pos] > (left_eye - nose)[pos].abs()).all()
+    assert (nose[pos] > left_eye[pos]).all()
+    assert ((left_eye - nose)[neg] > (nose - right_eye)[neg].abs()).all()
+    assert (nose[neg] < right_eye[neg]).all()
     # Frontal: subject's right eye (36-41) on the image's left.
     assert (right_eye[yaw == 0] < left_eye[yaw == 0]).all()
+    frontal_nose = nose[yaw == 0].mean()
+    assert nose[yaw == 30].mean() > frontal_nose > nose[yaw == -30].mean()
+
+
+def test_flipped_positive_yaw_looks_like_negative_yaw(posed) -> None:
+    """A horizontal flip negates yaw (as the flip augmentation and pose_warp assume)."""
+    ds, out = posed
+    lay = ds.layout()
+    yaw = lay.view_yaw[lay.img_view]
+    size = ds.preset.image_size
+    for cap in lay.img_capture.unique().tolist():
+        mine = lay.img_capture == cap
+        plus = out.images[mine & (yaw == 30)][0].float()
+        minus = out.images[mine & (yaw == -30)][0].float()
+        flipped = plus.flip(-1)
+        to_minus, to_plus = (flipped - minus).abs().mean(), (flipped - plus).abs().mean()
+        assert to_minus < 0.5 * to_plus, (cap, float(to_minus), float(to_plus))
+        # Landmarks agree too: the mirrored nose tip lands where the -30 render has it.
+        nose_plus = out.landmarks[mine & (yaw == 30)][0, 30]
+        nose_minus = out.landmarks[mine & (yaw == -30)][0, 30]
+        assert abs(float(size - nose_plus[0] - nose_minus[0])) < 0.5
+        assert abs(float(nose_plus[1] - nose_minus[1])) < 0.5
 
 
 def test_profiles_hide_the_far_half(posed) -> None:
@@ -116,10 +138,11 @@ def test_profiles_hide_the_far_half(posed) -> None:
     vis = out.visible
     right, left = slice(36, 42), slice(42, 48)
     assert vis[yaw == 0][:, 36:48].all()
-    assert not vis[yaw == 90][:, right].any() and vis[yaw == 90][:, left].float().mean() > 0.4
-    assert not vis[yaw == -90][:, left].any() and vis[yaw == -90][:, right].float().mean() > 0.4
+    # +90 shows the subject's right side (the nose points to the image's right edge).
+    assert not vis[yaw == 90][:, left].any() and vis[yaw == 90][:, right].float().mean() > 0.4
+    assert not vis[yaw == -90][:, right].any() and vis[yaw == -90][:, left].float().mean() > 0.4
     # The far mouth corner disappears too (a 2D shear would keep it).
-    assert not vis[yaw == 90][:, 48].any() and not vis[yaw == -90][:, 54].any()
+    assert not vis[yaw == 90][:, 54].any() and not vis[yaw == -90][:, 48].any()
 
 
 def test_personal_style_changes_how_an_expression_looks() -> None:

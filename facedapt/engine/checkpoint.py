@@ -4,15 +4,17 @@ written atomically (temporary file, flush, fsync, rename)."""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from facedapt.errors import CheckpointError
+from facedapt.errors import CheckpointError, StorageError
 
 FORMAT = 1
 
@@ -39,16 +41,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so that a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             torch.save({"format": FORMAT, **state}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only file system: a runtime fault, one line
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = "; the previous file is kept" if path.exists() else ""
+        raise StorageError(f"{path}: cannot write the checkpoint ({exc.strerror or exc}){kept}") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -56,12 +65,25 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all, in one line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint: corrupt, or it holds objects other than tensors and "
+                              f"plain data, which are never unpickled ({_unpickler_reason(exc)})") from None
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a facedapt checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
     return state
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The specific line of torch's weights-only refusal (its advice to load with
+    weights_only=False, which would run the file's code, is left out)."""
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(skip)]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
 _STEP = re.compile(r"ckpt-(\d+)\.pt$")
@@ -74,5 +96,9 @@ def periodic(directory: Path) -> list[Path]:
 
 
 def prune(directory: Path, keep: int) -> None:
+    """Keep the newest ``keep`` periodic checkpoints; also remove temporary files that a
+    process killed while saving left behind (``save`` removes its own on any error)."""
     for old in periodic(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
+    for stale in directory.glob(".ckpt-*.pt.*"):
+        stale.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from facedapt.data.batches import normalize
+from facedapt.data.imageio import BadImage, decode
 from facedapt.data.samples import EXPRESSIONS, bin_to_yaw
 from facedapt.engine import checkpoint
 from facedapt.engine.precision import autocast, resolve_precision
@@ -115,10 +116,6 @@ def fit_tensor(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
 
 def read_images(paths: list[Path], size: int, channels: int) -> torch.Tensor:
     """Decode image files with the dataset readers' decoder (Pillow, center crop, resize)."""
-    # The readers' decoder lives in the built-in plugins; one decoder keeps prediction inputs
-    # identical to training inputs.
-    from facedapt_plugins.datasets.readers.common import BadImage, decode
-
     if not paths:
         raise UsageError("predict: no image paths given")
     out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)

@@ -39,7 +39,7 @@ from facedapt.engine.context import BuildContext
 from facedapt.engine.evaluate import leakage, predict_domain, score
 from facedapt.engine.precision import autocast, pick_device, resolve_precision
 from facedapt.engine.trainer import PhaseRunner, PhaseSpec, seed_of
-from facedapt.errors import CheckpointError, DataError, UsageError
+from facedapt.errors import CheckpointError, DataError, StorageError, UsageError
 from facedapt.method import Method
 from facedapt.plugin_manager import Plugins, get_plugins
 from facedapt.recipe.load import LoadedRecipe, recipe_digest, write_resolved
@@ -91,7 +91,8 @@ def _check_resume(run_dir: Path, loaded: LoadedRecipe, allow_changed: bool) -> N
     old = yaml.safe_load(old_file.read_text(encoding="utf-8")) or {}
     changes = _diff(old, loaded.resolved)
     if changes and not allow_changed:
-        raise UsageError(f"{old_file}: the recipe changed since this run started ({'; '.join(changes[:6])}); "
+        more = f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
+        raise UsageError(f"{old_file}: the recipe changed since this run started ({'; '.join(changes[:6])}{more}); "
                          "resume with --allow-changed-recipe to continue anyway")
 
 
@@ -270,6 +271,10 @@ class Runner:
             return state["models"]
         if r.train.init_from:
             state = load_models_file(Path(r.train.init_from), self.device)
+            trained_for = (state.get("build") or {}).get("num_classes")
+            if r.train.source_steps == 0 and trained_for is not None and int(trained_for) != self.build["num_classes"]:
+                raise DataError(f"{r.train.init_from}: its model was trained for {trained_for} expression classes but the "
+                                f"data has {self.build['num_classes']}; with train.source_steps=0 it cannot be used")
             loaded, fresh = _load_matching(method, state["models"])
             logger.info("source model from {}: {} tensors loaded, {} newly initialized{}", r.train.init_from, loaded,
                         len(fresh), f" ({', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''})" if fresh else "")
@@ -427,8 +432,12 @@ def _load_matching(method: Method, models: dict[str, dict[str, torch.Tensor]]) -
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full: one line, the previous file left as it was
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 
 def find_model_file(path: Path) -> Path:

@@ -151,6 +151,7 @@ class PhaseRunner:
                     metrics_file.write(json.dumps(rec) + "\n")
                     metrics_file.flush()
                     history.append(rec)
+                    self.run.metrics.append(rec)
                     self.plugins.hook.facedapt_on_step_end(run=self.run, step=step, metrics=rec)
                 if spec.select_on is not None and t.eval_every and step % t.eval_every == 0 and step < spec.steps:
                     best = self._select(spec, best, step)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from facedapt import hookimpl
-from facedapt_plugins.methods.baselines import CDAN, DANN, AdaBN, SourceOnly, TargetSupervised
+from facedapt_plugins.methods.baselines import (
+    CDAN,
+    DANN,
+    AdaBN,
+    SourceOnly,
+    TargetSupervised,
+)
 from facedapt_plugins.methods.pose_aware import PoseAwareADA
+
+from facedapt import hookimpl
 
 
 @hookimpl

@@ -17,11 +17,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
-from facedapt.errors import RecipeError
-from facedapt.method import Batch, Method, StepBatch
 from facedapt_plugins.layers import (
     DomainBatchNorm,
     GradientReversalLayer,
@@ -31,6 +26,10 @@ from facedapt_plugins.layers import (
     recompute_bn_stats,
 )
 from facedapt_plugins.losses import Confusion, DomainAdversarial, entropy
+from torch import nn
+
+from facedapt.errors import RecipeError
+from facedapt.method import Batch, Method, StepBatch
 
 #: The modules whose normalization statistics are per domain.
 TRUNK = ("backbone", "pose_backbone", "expression_encoder", "pose_encoder")

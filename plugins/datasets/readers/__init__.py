@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from facedapt import hookimpl
 from facedapt_plugins.datasets.readers.bu3dfe import BU3DFE
 from facedapt_plugins.datasets.readers.ckplus import CKPlus
 from facedapt_plugins.datasets.readers.fer2013 import FER2013
@@ -20,6 +19,8 @@ from facedapt_plugins.datasets.readers.multipie import MultiPIE
 from facedapt_plugins.datasets.readers.photos import Photos
 from facedapt_plugins.datasets.readers.rafd import RaFD
 from facedapt_plugins.datasets.readers.rafdb import RAFDB
+
+from facedapt import hookimpl
 
 READERS = (MultiPIE, BU3DFE, KDEF, RaFD, CKPlus, JAFFE, FER2013, RAFDB, Manifest, ImageFolder, Photos)
 

@@ -13,11 +13,21 @@ import re
 from pathlib import Path
 
 import attrs
+from facedapt_plugins.datasets.readers.common import (
+    Reader,
+    Record,
+    Reporter,
+    expression_table,
+    list_files,
+)
+from facedapt_plugins.datasets.readers.manifest import (
+    manifest_path,
+    read_rows,
+    row_record,
+)
 
 from facedapt.data.samples import EXPRESSIONS
 from facedapt.errors import DataError
-from facedapt_plugins.datasets.readers.common import Reader, Record, Reporter, expression_table, list_files
-from facedapt_plugins.datasets.readers.manifest import manifest_path, read_rows, row_record
 
 NATIVE: dict[str, str | None] = {
     "AN": "anger",

@@ -12,10 +12,16 @@ import math
 from pathlib import Path
 
 import attrs
+from facedapt_plugins.datasets.readers.common import (
+    Reader,
+    Record,
+    Reporter,
+    expression_table,
+    list_files,
+)
 from loguru import logger
 
 from facedapt.errors import UsageError
-from facedapt_plugins.datasets.readers.common import Reader, Record, Reporter, expression_table, list_files
 
 #: Emotion code -> native name (the CK+ README order).
 CODES: dict[int, str] = {

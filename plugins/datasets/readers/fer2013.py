@@ -8,10 +8,16 @@ from pathlib import Path
 
 import attrs
 import numpy as np
+from facedapt_plugins.datasets.readers.common import (
+    BadImage,
+    Reader,
+    Record,
+    Reporter,
+    expression_table,
+)
 from PIL import Image
 
 from facedapt.errors import DataError, UsageError
-from facedapt_plugins.datasets.readers.common import BadImage, Reader, Record, Reporter, expression_table
 
 CODES: dict[int, str] = {0: "Angry", 1: "Disgust", 2: "Fear", 3: "Happy", 4: "Sad", 5: "Surprise", 6: "Neutral"}
 NATIVE: dict[str, str | None] = {

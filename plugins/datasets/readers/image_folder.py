@@ -8,9 +8,6 @@ from __future__ import annotations
 import re
 
 import attrs
-
-from facedapt.data.samples import EXPRESSIONS
-from facedapt.errors import UsageError
 from facedapt_plugins.datasets.readers.common import (
     Reader,
     Record,
@@ -20,6 +17,9 @@ from facedapt_plugins.datasets.readers.common import (
     list_files,
     parse_float,
 )
+
+from facedapt.data.samples import EXPRESSIONS
+from facedapt.errors import UsageError
 
 #: Folder name (lower case) -> canonical. Covers the canonical names and the spellings other
 #: releases use (FER2013 image dumps: angry; RAF-DB: happiness; RaFD: surprised, ...).

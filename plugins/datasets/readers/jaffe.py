@@ -5,8 +5,13 @@ from __future__ import annotations
 import re
 
 import attrs
-
-from facedapt_plugins.datasets.readers.common import Reader, Record, Reporter, expression_table, list_files
+from facedapt_plugins.datasets.readers.common import (
+    Reader,
+    Record,
+    Reporter,
+    expression_table,
+    list_files,
+)
 
 NATIVE: dict[str, str | None] = {
     "AN": "anger",

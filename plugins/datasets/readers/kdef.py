@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 
 import attrs
-
-from facedapt.errors import UsageError
 from facedapt_plugins.datasets.readers.common import (
     Reader,
     Record,
@@ -20,6 +18,8 @@ from facedapt_plugins.datasets.readers.common import (
     is_image,
     list_files,
 )
+
+from facedapt.errors import UsageError
 
 NATIVE: dict[str, str | None] = {
     "AF": "fear",  # "afraid"

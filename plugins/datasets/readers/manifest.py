@@ -16,10 +16,16 @@ from typing import Any
 
 import attrs
 import numpy as np
+from facedapt_plugins.datasets.readers.common import (
+    Reader,
+    Record,
+    Reporter,
+    expression_table,
+    parse_float,
+)
 
 from facedapt.data.samples import EXPRESSIONS
 from facedapt.errors import DataError
-from facedapt_plugins.datasets.readers.common import Reader, Record, Reporter, expression_table, parse_float
 
 NATIVE: dict[str, str | None] = {name: name for name in EXPRESSIONS}
 DEFAULT_FILE = "manifest.csv"

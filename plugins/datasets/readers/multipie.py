@@ -6,9 +6,15 @@ import re
 from pathlib import Path
 
 import attrs
+from facedapt_plugins.datasets.readers.common import (
+    Reader,
+    Record,
+    Reporter,
+    expression_table,
+    list_files,
+)
 
 from facedapt.errors import UsageError
-from facedapt_plugins.datasets.readers.common import Reader, Record, Reporter, expression_table, list_files
 
 #: (session, recording) -> native expression. Session 4 records neutral twice.
 RECORDINGS: dict[tuple[int, int], str] = {

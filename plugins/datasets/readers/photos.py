@@ -5,8 +5,13 @@ target data ``facedapt adapt`` personalizes a trained model to."""
 from __future__ import annotations
 
 import attrs
-
-from facedapt_plugins.datasets.readers.common import Reader, Record, Reporter, is_image, list_files
+from facedapt_plugins.datasets.readers.common import (
+    Reader,
+    Record,
+    Reporter,
+    is_image,
+    list_files,
+)
 
 
 @attrs.define

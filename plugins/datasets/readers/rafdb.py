@@ -7,9 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
+from facedapt_plugins.datasets.readers.common import (
+    Reader,
+    Record,
+    Reporter,
+    expression_table,
+    list_files,
+)
 
 from facedapt.errors import UsageError
-from facedapt_plugins.datasets.readers.common import Reader, Record, Reporter, expression_table, list_files
 
 CODES: dict[int, str] = {1: "Surprise", 2: "Fear", 3: "Disgust", 4: "Happiness", 5: "Sadness", 6: "Anger", 7: "Neutral"}
 NATIVE: dict[str, str | None] = {

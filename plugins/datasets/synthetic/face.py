@@ -165,6 +165,12 @@ def head_points(X: torch.Tensor, Y: torch.Tensor, Z: torch.Tensor, f: FaceShape,
                 regions: dict[str, torch.Tensor] | None = None,
                 ear: torch.Tensor | None = None) -> torch.Tensor:
     """Deformed 3D positions [B, K, 3] of head surface directions [K] (or [B, K])."""
+    return torch.stack(_head_xyz(X, Y, Z, f, regions, ear), -1)
+
+
+def _head_xyz(X: torch.Tensor, Y: torch.Tensor, Z: torch.Tensor, f: FaceShape,
+              regions: dict[str, torch.Tensor] | None,
+              ear: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lower = (-Y).clamp(0, 1)
     x = 0.72 * f.face_width * X * (1 - f.jaw_taper * lower * lower)
     y = torch.where(Y < 0, Y * f.face_length, Y + 0 * f.face_length)
@@ -180,22 +186,40 @@ def head_points(X: torch.Tensor, Y: torch.Tensor, Z: torch.Tensor, f: FaceShape,
     # Jaw drop lowers everything below the mouth on the face side; the skull stays.
     drop = 0.18 * f.jaw_drop * ((MOUTH_Q - 0.05 - Q) / 0.3).clamp(0, 1) * ((Z + 0.2) / 0.5).clamp(0, 1)
     y = y - drop
-    return torch.stack([x, y, z], -1)
+    return x, y, z
 
 
 def capture_points(t: Template, f: FaceShape) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions [B, Np, 3] and outward unit normals [B, Np, 3] of B captures."""
+    """Positions and outward unit normals of B captures, each [3, B, Np] (one plane per axis,
+    the layout the renderer gathers from)."""
     head = ~t.is_neck
-    pos = head_points(t.X[head], t.Y[head], t.Z[head], f, t.regions, t.ear[head])
-    b = pos.shape[0]
-    grid = pos.view(b, t.n_phi, t.n_theta, 3)
-    d_theta = grid.roll(-1, 2) - grid.roll(1, 2)
-    d_phi = torch.cat([grid[:, 1:2] - grid[:, :1], grid[:, 2:] - grid[:, :-2], grid[:, -1:] - grid[:, -2:-1]], 1)
-    n = torch.cross(d_theta, d_phi, dim=-1).view(b, -1, 3)
-    n = n / (n * n).sum(-1, keepdim=True).sqrt().clamp(min=1e-12)
-    neck = t.neck_xyz[None] * torch.stack([f.face_width, torch.ones_like(f.face_width), torch.ones_like(f.face_width)], -1)
-    neck_n = torch.stack([t.X[t.is_neck], torch.zeros_like(t.X[t.is_neck]), t.Z[t.is_neck]], -1)
-    return torch.cat([pos, neck], 1), torch.cat([n, neck_n.expand(b, -1, -1)], 1)
+    x, y, z = _head_xyz(t.X[head], t.Y[head], t.Z[head], f, t.regions, t.ear[head])
+    b = x.shape[0]
+
+    def d_theta(g: torch.Tensor) -> torch.Tensor:
+        g = g.view(b, t.n_phi, t.n_theta)
+        return (g.roll(-1, 2) - g.roll(1, 2)).view(b, -1)
+
+    def d_phi(g: torch.Tensor) -> torch.Tensor:
+        g = g.view(b, t.n_phi, t.n_theta)
+        return torch.cat([g[:, 1:2] - g[:, :1], g[:, 2:] - g[:, :-2], g[:, -1:] - g[:, -2:-1]], 1).view(b, -1)
+
+    # Cross product written out: torch.cross on [..., 3] is several times slower here.
+    ax, ay, az = d_theta(x), d_theta(y), d_theta(z)
+    bx, by, bz = d_phi(x), d_phi(y), d_phi(z)
+    nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+    inv = (nx * nx + ny * ny + nz * nz).sqrt().clamp(min=1e-12).reciprocal()
+    neck = t.neck_xyz
+    n_neck = len(neck)
+    pos = torch.empty((3, b, t.num_points))
+    normal = torch.empty((3, b, t.num_points))
+    h = t.num_head
+    pos[0, :, :h], pos[1, :, :h], pos[2, :, :h] = x, y, z
+    pos[0, :, h:] = neck[:, 0] * f.face_width
+    pos[1, :, h:], pos[2, :, h:] = neck[:, 1], neck[:, 2]
+    normal[0, :, :h], normal[1, :, :h], normal[2, :, :h] = nx * inv, ny * inv, nz * inv
+    normal[0, :, h:], normal[1, :, h:], normal[2, :, h:] = t.X[h:], torch.zeros(n_neck), t.Z[h:]
+    return pos, normal
 
 
 def _soft(d: torch.Tensor, aa: float) -> torch.Tensor:
@@ -365,15 +389,15 @@ def _thin(pix: torch.Tensor) -> torch.Tensor:
 
 def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_per_unit: float) -> torch.Tensor:
     """Template indices worth splatting at one view: those that can face the camera, thinned where
-    the grid lands much denser than a pixel (grazing sides, the crown). ``probe`` [C, Np, 3] are
+    the grid lands much denser than a pixel (grazing sides, the crown). ``probe`` [3, C, Np] are
     extreme deformed heads; the spacing is the largest any of them shows."""
     y, p = math.radians(yaw), math.radians(pitch)
-    X, Y, Z = probe.unbind(-1)
+    X, Y, Z = probe
     u = px_per_unit * (X * math.cos(y) + Z * math.sin(y))
     z1 = Z * math.cos(y) - X * math.sin(y)
     w = px_per_unit * (Y * math.cos(p) + z1 * math.sin(p))
     pix = torch.stack([u, w], -1)
-    c = len(probe)
+    c = probe.shape[1]
     head = _thin(pix[:, :t.num_head].reshape(c, t.n_phi, t.n_theta, 2))
     n_y = int(t.is_neck.sum()) // t.n_neck
     neck = _thin(pix[:, t.num_head:].reshape(c, n_y, t.n_neck, 2))

@@ -167,12 +167,13 @@ def render_views(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, point_ids: t
     # Colour lookup only for the winning points, not for every splatted one.
     rows = owner[:, None] * n_tpl + point_ids[winner.clamp(min=0)]
     gain = v.gain * 255.0
-    face = colors.reshape(m * n_tpl, ch)[rows.view(-1)].view(b, size * size, ch)
+    face = colors.reshape(m * n_tpl, ch).index_select(0, rows.view(-1)).view(b, size * size, ch)
     face *= gain[:, None, None]
-    img = torch.where(covered[:, None, :], face.transpose(1, 2), background(v, size, gain))
     span = ch * size * size
+    img = torch.empty((b, ch, size * size))
+    torch.where(covered[:, None, :], face.transpose(1, 2), background(v, size, gain), out=img)
     img = img.view(b, span)
-    img += noise.unfold(0, span, 1)[v.noise_offset]
+    img += noise.unfold(0, span, 1).index_select(0, v.noise_offset)
     return img.clamp_(0.5, 255.5).to(torch.uint8).view(b, ch, size, size), depth
 
 

@@ -13,7 +13,13 @@ from facedapt.data.samples import EXPRESSIONS, Samples
 from facedapt.errors import RecipeError
 
 from . import randomness as rnd
-from .expressions import ACTION_UNITS, Style, activations, extreme_activations, sample_style
+from .expressions import (
+    ACTION_UNITS,
+    Style,
+    activations,
+    extreme_activations,
+    sample_style,
+)
 from .face import albedo, build_template, capture_points, face_shape, view_points
 from .identity import Identity, extreme_shapes, sample_identity
 from .landmarks import landmarks_3d
@@ -213,11 +219,11 @@ class SyntheticFaces:
             pos, normal = capture_points(t, f)
             color = albedo(t, f, ident.skin[subj], ident.hair[subj], ident.iris[subj],
                            ident.hairline[subj], ident.hair_length[subj], aa)
-            lam = (normal * light[chunk][:, None, :]).sum(-1).clamp(min=0)
+            li = light[chunk].T[:, :, None]
+            lam = (normal[0] * li[0] + normal[1] * li[1] + normal[2] * li[2]).clamp_(min=0)
             color = color * (0.42 + 0.68 * lam)[..., None]
             if ch == 1:
                 color = color @ luma
-            xyz = pos.permute(2, 0, 1).contiguous()  # [3, M, Np]: one contiguous plane per axis
             lm3 = landmarks_3d(f)
             local = torch.full((int(chunk.max()) + 1,), -1, dtype=torch.int64)
             local[chunk] = torch.arange(len(chunk))
@@ -227,9 +233,9 @@ class SyntheticFaces:
                 sel = sel[torch.argsort(local[caps[sel]], stable=True)]
                 owner = local[caps[sel]]
                 keep = subsets[v]
-                plane = xyz if len(owner) == len(chunk) and bool((owner == torch.arange(len(chunk))).all()) \
-                    else xyz[:, owner]  # a subset, or repeated indices
-                x, y, z = plane.index_select(2, keep).unbind(0)
+                plane = pos if len(owner) == len(chunk) and bool((owner == torch.arange(len(chunk))).all()) \
+                    else pos[:, owner]  # a subset, or repeated indices
+                x, y, z = (axis.index_select(1, keep) for axis in plane)  # per plane: 3x faster than on [3, M, Np]
                 view = _take(views_all, index[sel])
                 img, depth = render_views(x, y, z, keep, color, owner, view, size, noise, scales[v])
                 xy, vis = landmark_pixels(lm3[owner], view, size, depth, scales[v])
