@@ -27,6 +27,7 @@ from facedapt_plugins.layers import (
 )
 from facedapt_plugins.losses import Confusion, DomainAdversarial, entropy
 from torch import nn
+from torch.nn import functional as F
 
 from facedapt.errors import RecipeError
 from facedapt.method import Batch, Method, StepBatch
@@ -85,6 +86,8 @@ class PoseAwareADA(Method):
         identity_code: Literal["none", "subject_embedding"] = "subject_embedding",
         identity_dim: int = 16,
         cross_pose: bool = True,
+        partner_fraction: float = 0.5,
+        rec_size: int = 32,
         adabn: bool = True,
         label_smoothing: float = 0.0,
         adapts: bool = True,
@@ -96,6 +99,10 @@ class PoseAwareADA(Method):
         _choice("adversarial", adversarial, ("grl", "alternating"))
         _choice("cross_mode", cross_mode, ("confusion", "grl"))
         _choice("identity_code", identity_code, ("none", "subject_embedding"))
+        if not 0 < partner_fraction <= 1:
+            raise RecipeError(f"must be in (0, 1], got {partner_fraction}", key="method.partner_fraction")
+        if rec_size < 8:
+            raise RecipeError(f"must be at least 8, got {rec_size}", key="method.rec_size")
         for key in ("pose_weight", "adv_weight", "cross_weight", "rec_weight", "target_entropy_weight"):
             if self.cfg[key] < 0:
                 raise RecipeError(f"must not be negative, got {self.cfg[key]}", key=f"method.{key}")
@@ -156,7 +163,10 @@ class PoseAwareADA(Method):
                 m["identity"] = nn.Embedding(ctx.num_subjects + 1, self.identity_dim)
                 code += self.identity_dim
             self.target_identity = ctx.num_subjects
-            m["decoder"] = ctx.build("decoder", "conv", in_features=code, out_channels=c, image_size=h)
+            # Reconstructing a downsampled face keeps the decoder cheap; expression and pose
+            # survive at 32 px, and the encoders still see full-size images.
+            self.rec_size = min(self.rec_size, h)
+            m["decoder"] = ctx.build("decoder", "conv", in_features=code, out_channels=c, image_size=self.rec_size)
             self.rec_loss = ctx.build("reconstruction_loss", "l1")
         # Always domain batch norms, so every configuration shares one state layout and any
         # method can start from any other's source model; `shared` only ever uses "source".
@@ -226,7 +236,7 @@ class PoseAwareADA(Method):
         if "grl" in m:
             m["grl"].max_steps = ctx.total_steps  # the warm-up spans the adaptation phase
         with ctx.autocast():
-            fs = self._encode_pair(src, tgt)
+            fs = self._encode_all(src, tgt)
             f_s, f_t = fs["source"], fs.get("target")
             logits_s = m["expression_classifier"](f_s["expression"])
             terms["expression"] = self.ce(logits_s.float(), src.expression)
@@ -243,7 +253,7 @@ class PoseAwareADA(Method):
             if self.use_cross:
                 terms["cross"] = self.cross_weight * self._cross_encoder_term(f_s, src)
             if self.use_rec:
-                terms["reconstruction"] = self.rec_weight * self._reconstruction(src, f_s, tgt, f_t)
+                terms["reconstruction"] = self.rec_weight * self._reconstruction(src, fs, tgt)
             if self.use_adv and adapting and self.adversarial == "alternating":
                 with _no_param_grad(*[m[n] for n in ("expression_discriminator", "pose_discriminator") if n in m]):
                     terms["adversarial"] = self.adv_weight * self._adversarial(f_s, f_t, logits_s, reverse=False,
@@ -268,15 +278,27 @@ class PoseAwareADA(Method):
         out["loss"] = total.detach()
         return out
 
-    def _encode_pair(self, src: Batch, tgt: Batch | None) -> dict[str, dict[str, torch.Tensor]]:
-        if tgt is None:
-            return {"source": self.encode(src.images, "source")}
-        if self.norm == "per_domain":  # separate statistics need separate passes
-            return {"source": self.encode(src.images, "source"), "target": self.encode(tgt.images, "target")}
-        # One forward over the concatenated batch (shared statistics).
-        both = self.encode(torch.cat([src.images, tgt.images]), "source")
-        n = len(src.images)
-        return {"source": {k: v[:n] for k, v in both.items()}, "target": {k: v[n:] for k, v in both.items()}}
+    def _encode_all(self, src: Batch, tgt: Batch | None) -> dict[str, dict[str, torch.Tensor]]:
+        """Features of the source batch, the cross-pose partners used (a fraction of the
+        batch) and the target batch, in as few forward passes as normalization allows: one
+        over everything with shared statistics, one per domain with per-domain statistics."""
+        parts: dict[str, tuple[torch.Tensor, str]] = {"source": (src.images, "source")}
+        if self.needs_partners and src.partner is not None:
+            k = max(1, int(round(len(src.images) * self.partner_fraction)))
+            parts["partner"] = (src.partner.images[:k], "source")
+        if tgt is not None:
+            parts["target"] = (tgt.images, "target")
+        groups = [list(parts)] if self.norm == "shared" else [[n for n in parts if parts[n][1] == d] for d in ("source", "target")]
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for names in filter(None, groups):
+            images = torch.cat([parts[n][0] for n in names]) if len(names) > 1 else parts[names[0]][0]
+            feats = self.encode(images, parts[names[0]][1])
+            start = 0
+            for n in names:
+                size = len(parts[n][0])
+                out[n] = {k: v[start:start + size] for k, v in feats.items()}
+                start += size
+        return out
 
     def _adversarial(self, f_s: dict, f_t: dict, logits_s: torch.Tensor, reverse: bool,
                      mode: str = "discriminator") -> torch.Tensor:
@@ -332,26 +354,37 @@ class PoseAwareADA(Method):
             loss = loss + self.ce(pose_logits.float(), src.pose_bin)
         return loss
 
-    def _reconstruction(self, src: Batch, f_s: dict, tgt: Batch | None, f_t: dict | None) -> torch.Tensor:
+    def _reconstruction(self, src: Batch, fs: dict[str, dict[str, torch.Tensor]], tgt: Batch | None) -> torch.Tensor:
+        """L_rec over source, target and cross-pose pairs, decoded in one pass: a face from its
+        own f_e, f_p and identity code; a partner view from f_e of the first view and f_p of
+        the partner (so f_e must carry the expression whatever the pose)."""
         m = self.models
-
-        def decode(fe: torch.Tensor, fp: torch.Tensor | None, subject: torch.Tensor | None) -> torch.Tensor:
-            parts = [fe] + ([fp] if fp is not None else [])
-            if "identity" in m and subject is not None:
-                parts.append(m["identity"](subject))
-            return m["decoder"](torch.cat(parts, 1))
-
-        target_id = None
-        loss = self.rec_loss(decode(f_s["expression"], f_s.get("pose"), src.subject).float(), src.images.float())
-        if f_t is not None and tgt is not None:
-            target_id = torch.full((len(tgt.images),), self.target_identity, device=tgt.images.device, dtype=torch.long)
-            loss = loss + self.rec_loss(decode(f_t["expression"], f_t.get("pose"), target_id).float(), tgt.images.float())
-        if self.needs_partners and src.partner is not None:
-            # f_e of one view plus f_p of the partner view must give the partner image.
-            f_partner = self.encode(src.partner.images, "source")
-            rec = decode(f_s["expression"], f_partner["pose"], src.subject)
-            loss = loss + self.rec_loss(rec.float(), src.partner.images.float())
-        return loss
+        codes, images, subjects = [], [], []
+        f_s = fs["source"]
+        codes.append((f_s["expression"], f_s.get("pose")))
+        images.append(src.images)
+        subjects.append(src.subject)
+        if "target" in fs and tgt is not None:
+            f_t = fs["target"]
+            codes.append((f_t["expression"], f_t.get("pose")))
+            images.append(tgt.images)
+            subjects.append(torch.full((len(tgt.images),), self.target_identity, device=tgt.images.device,
+                                       dtype=torch.long))
+        if "partner" in fs and src.partner is not None:
+            k = len(fs["partner"]["pose"])
+            codes.append((f_s["expression"][:k], fs["partner"]["pose"]))
+            images.append(src.partner.images[:k])
+            subjects.append(src.subject[:k] if src.subject is not None else None)
+        parts = [torch.cat([c[0] for c in codes])]
+        if self.pose_branch:
+            parts.append(torch.cat([c[1] for c in codes]))
+        if "identity" in m and all(s is not None for s in subjects):
+            parts.append(m["identity"](torch.cat(subjects)))
+        reconstruction = m["decoder"](torch.cat(parts, 1)).float()
+        goal = torch.cat(images).float()
+        if goal.shape[-1] != self.rec_size:
+            goal = F.interpolate(goal, size=(self.rec_size, self.rec_size), mode="area")
+        return self.rec_loss(reconstruction, goal)
 
 
 class _no_param_grad:
