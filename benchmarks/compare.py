@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def configuration(full: bool) -> dict:
     return {"targets": 6, "seeds": 3, "ablation_seeds": 1, "overrides": []}
 
 
-def run(recipe: str, run_dir: Path, overrides: list[str]) -> dict:
+def run(recipe: str, run_dir: Path, overrides: list[str], threads: int) -> dict:
     done = run_dir / "results.json"
     if not done.is_file():
         cmd = [sys.executable, "-m", "facedapt", "-q", "run", str(ROOT / "recipes" / f"{recipe}.yaml"), *overrides,
@@ -57,7 +58,10 @@ def run(recipe: str, run_dir: Path, overrides: list[str]) -> dict:
         if (run_dir / "recipe.yaml").is_file():
             cmd.append("--resume")
         print("  $", " ".join(cmd[3:]), flush=True)
-        subprocess.run(cmd, check=True)
+        # Several single-threaded jobs use a small machine better than one job whose threads
+        # spin-wait for each other.
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run(cmd, check=True, env=env)
     return json.loads(done.read_text())
 
 
@@ -72,6 +76,8 @@ def main() -> None:
     ap.add_argument("--ablation-seeds", type=int)
     ap.add_argument("--targets", type=int, help="number of target subjects")
     ap.add_argument("--rows", nargs="*", help="only these rows (recipe names)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=1, help="threads per run")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / "compare")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
     ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
@@ -84,17 +90,24 @@ def main() -> None:
               *args.overrides]
     rows = args.rows or MAIN_ROWS + ABLATIONS
     started = time.perf_counter()
+    base_dirs = {seed: args.workdir / f"seed{seed}" / "pada" for seed in range(seeds)}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        # The source model of each seed first (every row starts from it), then all rows.
+        bases = dict(zip(base_dirs, pool.map(lambda s: run("pada", base_dirs[s], [f"seed={s}", *common], args.threads),
+                                             base_dirs)))
+        jobs = []
+        for seed in range(seeds):
+            warm = [f"train.init_from={base_dirs[seed] / 'source' / 'model.pt'}", "train.source_steps=0"]
+            for row in rows:
+                if row == "pada" or (row in ABLATIONS and seed >= ab_seeds):
+                    continue
+                jobs.append((row, seed, [f"seed={seed}", *common, *warm]))
+        outcomes = list(pool.map(lambda j: run(j[0], args.workdir / f"seed{j[1]}" / j[0], j[2], args.threads), jobs))
     results: dict[str, list[dict]] = {r: [] for r in rows}
-    for seed in range(seeds):
-        print(f"seed {seed}", flush=True)
-        base_dir = args.workdir / f"seed{seed}" / "pada"
-        base = run("pada", base_dir, [f"seed={seed}", *common])
-        warm = [f"train.init_from={base_dir / 'source' / 'model.pt'}", "train.source_steps=0"]
-        for row in rows:
-            if row in ABLATIONS and seed >= ab_seeds:
-                continue
-            res = base if row == "pada" else run(row, args.workdir / f"seed{seed}" / row, [f"seed={seed}", *common, *warm])
-            results[row].append(res)
+    for (row, _seed, _ov), res in zip(jobs, outcomes):
+        results[row].append(res)
+    if "pada" in results:
+        results["pada"] = [bases[s] for s in range(seeds)]
 
     report = summarize(results, seeds, ab_seeds, targets, common, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +176,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from facedapt.report import build_report
+
+    out = build_report(args.run_dir)
+    print(f"report: {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from facedapt.engine.model_io import load_model
+
+    model = load_model(args.checkpoint)
+    photos = model.predict_faces(args.images, detect=not args.no_detect)
+    found = sum(len(p["faces"]) for p in photos)
+    for p in photos:  # on stderr: standard output stays machine-readable with --json / --csv
+        if not p["faces"]:
+            print(f"no face found in {p['image']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(photos, indent=2))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image", "face", "x", "y", "width", "height", "expression", "probability", "yaw",
+                         *(f"p_{c}" for c in model.classes)])
+        for p in photos:
+            for i, f in enumerate(p["faces"]):
+                writer.writerow([p["image"], i, *f["box"], f["expression"], f"{f['probability']:.4f}",
+                                 "" if f["yaw"] is None else f"{f['yaw']:g}",
+                                 *(f"{f['probabilities'][c]:.4f}" for c in model.classes)])
+    elif found:
+        print(f"{'image':<28} {'face box (x,y,w,h)':<20} {'expression':<11} {'p':>5}  {'yaw':>5}  top 3")
+        for p in photos:
+            for f in p["faces"]:
+                box = ",".join(str(v) for v in f["box"]) + ("" if f["detected"] else " (all)")
+                yaw = "-" if f["yaw"] is None else f"{f['yaw']:+.0f}°"
+                top = "  ".join(f"{name} {prob:.2f}" for name, prob in f["top"])
+                print(f"{_clip(p['image'], 28):<28} {box:<20} {f['expression']:<11} {f['probability']:5.2f}  "
+                      f"{yaw:>5}  {top}")
+    # Exit 2 only when nothing at all was found: a batch with some faceless photos still succeeded.
+    return 0 if found else 2
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facedapt", description="Pose-aware adversarial domain adaptation for "
                                      "personalized facial expression recognition.")
@@ -231,6 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dataset options")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("report", help="rebuild a run's report (report.md, report.html, report/*.png)",
+                       description="Rebuild the report of a finished run from the files in its directory.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("predict", help="find faces in photos and predict their expressions",
+                       description="Find faces in ordinary photos (OpenCV's Haar cascade, the optional extra "
+                       "facedapt[detect]), crop each with a margin and predict its expression and yaw. Exit 0 when "
+                       "a face was found in at least one photo, 2 when in none or when a photo cannot be read.")
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="run directory, subject directory or model.pt")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photo files")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object per photo, in a list")
+    fmt.add_argument("--csv", action="store_true", help="print one CSV row per face")
+    p.add_argument("--no-detect", action="store_true", help="no face detection: each photo (its center square) is one face")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("data", help="generate synthetic faces or inspect a dataset")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("synth", help="write a synthetic face set as PNG files plus manifest.csv")
@@ -250,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(args: argparse.Namespace) -> None:
     logger.remove()
     level = "WARNING" if args.quiet else "DEBUG" if args.verbose else "INFO"
+    if args.quiet:
+        os.environ["FACEDAPT_NO_PROGRESS"] = "1"
     logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss}</green> {level: <7} {message}")
 
 

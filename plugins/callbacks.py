@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -22,7 +23,9 @@ def facedapt_on_step_end(run: Any, step: int, metrics: dict[str, Any]) -> None:
     losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     where = f"{metrics['phase']}" + (f" {metrics['target']}" if metrics.get("target") else "")
     elapsed = time.perf_counter() - _started.get(id(run), time.perf_counter())
-    logger.info("{} step {} {} ({:.0f}s)", where, step, losses, elapsed)
+    # On a terminal the progress line shows these; log lines are for files and pipes.
+    level = "DEBUG" if sys.stderr.isatty() else "INFO"
+    logger.log(level, "{} step {} {} ({:.0f}s)", where, step, losses, elapsed)
 
 
 @hookimpl

@@ -6,6 +6,7 @@
     model = facedapt.load_model("runs/pada/20250101-120000")            # the source model
     model = facedapt.load_model("runs/pada/20250101-120000/subjects/S005")  # an adapted one
     model.predict(["me.jpg"])  # [{"expression": "happy", "probabilities": {...}, "yaw": 15.0}]
+    model.predict_faces(["party.jpg"])  # faces found in a photo, each cropped and predicted
 """
 
 from __future__ import annotations
@@ -87,6 +88,45 @@ class Model:
                 out.append({"expression": self.classes[int(p.argmax())],
                             "probabilities": {name: float(v) for name, v in zip(self.classes, p)},
                             "yaw": yaw})
+        return out
+
+    def predict_faces(self, paths: Sequence[str | os.PathLike], detect: bool = True,
+                      top: int = 3) -> list[dict[str, Any]]:
+        """Find the faces in ordinary photos and predict each (facedapt.engine.faces).
+
+        One dict per photo: ``image`` and ``faces``, a list (empty: no face found) of dicts with
+        ``box`` ([x, y, width, height] in photo pixels, the square the model saw), ``detected``
+        (False: the whole photo's center square stood in, with ``detect=False`` or without
+        OpenCV) and ``predict``'s ``expression``, ``probabilities`` and ``yaw``, plus
+        ``probability`` (of the expression) and ``top`` ([name, p] pairs, most likely first).
+        Every photo is read before any prediction, so an unreadable one raises DataError first.
+        """
+        from facedapt.engine.faces import INSTALL_HINT, find_faces, opencv_available
+
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        if not paths:
+            raise UsageError("predict: no image paths given")
+        if detect and not opencv_available():
+            from loguru import logger
+
+            logger.warning("face detection needs OpenCV ({}); predicting on each whole photo instead", INSTALL_HINT)
+            detect = False
+        crops = [find_faces(p, use_detector=detect) for p in paths]
+        c, h, _ = self.image_shape
+        flat = [face for faces in crops for face in faces]
+        preds = self.predict(torch.cat([fit_tensor(f.pixels, h, c) for f in flat])) if flat else []
+        it = iter(preds)
+        out = []
+        for path, faces in zip(paths, crops):
+            rows = []
+            for face in faces:
+                pred = next(it)
+                ranked = sorted(pred["probabilities"].items(), key=lambda kv: -kv[1])
+                rows.append({"box": list(face.box), "detected": face.detected, **pred,
+                             "probability": pred["probabilities"][pred["expression"]],
+                             "top": [[name, p] for name, p in ranked[:top]]})
+            out.append({"image": str(path), "faces": rows})
         return out
 
 

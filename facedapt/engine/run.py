@@ -6,8 +6,10 @@ Directory layout::
     <run_dir>/recipe.yaml        the resolved recipe: running it again reproduces the run
     <run_dir>/environment.json   python, torch and plugin distribution versions
     <run_dir>/log.txt, metrics.jsonl per phase, results.json
+    <run_dir>/report.md, report.html, report/*.png   built from the files above (facedapt.report)
     <run_dir>/source/            source model (model.pt), periodic ckpt-*.pt
-    <run_dir>/subjects/<id>/     per target: model.pt, results.json (its done marker), ckpt-*.pt
+    <run_dir>/subjects/<id>/     per target: model.pt, results.json (its done marker), ckpt-*.pt,
+                                 features.pt (2-D projection of expression features, for the report)
 """
 
 from __future__ import annotations
@@ -261,6 +263,7 @@ class Runner:
         self.plugins.hook.facedapt_on_run_end(run=run, results=results)
         logger.info("target accuracy {:.4f} over {} target(s); results in {}", results["target_accuracy"],
                     len(per_subject), self.run_dir / "results.json")
+        _write_report(self.run_dir)
         return results
 
     def _source_model(self, runner: PhaseRunner, run: Run, method: Method, target: Target, sdir: Path) -> dict:
@@ -318,8 +321,9 @@ class Runner:
             info = runner.run_phase(spec)
             selected = info["selected_step"]
         seconds_adapt = time.perf_counter() - t0
-        out = predict_domain(method, target.evaluate, self.device, r.eval.batch_size, self.amp)
+        out = _predict_with_features(method, target.evaluate, self.device, r.eval.batch_size, self.amp)
         res = score(target.evaluate, out["pred"], self.plugins, r.eval.metrics, num_classes)
+        _save_features(tdir / "features.pt", out, target.evaluate, seed_of(r.seed, "features", target.id))
         res["selected_step"] = selected
         res["seconds"] = round(seconds_adapt, 3)
         if target.source_val is not None:
@@ -398,6 +402,60 @@ def _params(factory: Any) -> set[str]:
         return set(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
         return set()
+
+
+def _write_report(run_dir: Path) -> None:
+    """report.md/html and plots; the results are already safe, so a failure here only warns.
+    FACEDAPT_NO_REPORT=1 skips it (many short runs, e.g. sweeps; `facedapt report` builds it later)."""
+    if os.environ.get("FACEDAPT_NO_REPORT"):
+        return
+    try:
+        from facedapt.report import build_report
+
+        logger.info("report in {}", build_report(run_dir))
+    except Exception as exc:  # noqa: BLE001 - never fail a finished run over its report
+        logger.warning("report not written ({}: {}); rebuild it with: facedapt report {}", type(exc).__name__, exc,
+                       run_dir)
+
+
+#: Points per target in features.pt (the report's 2-D projection): enough to see clusters.
+FEATURE_POINTS = 2000
+
+
+def _predict_with_features(method: Method, domain: Domain, device: torch.device, batch_size: int,
+                           amp: Any) -> dict[str, torch.Tensor]:
+    """Evaluation predictions plus features where the method exposes them (a plugin method
+    need not implement ``features``)."""
+    try:
+        return predict_domain(method, domain, device, batch_size, amp, features=True)
+    except NotImplementedError:
+        return predict_domain(method, domain, device, batch_size, amp)
+
+
+def _save_features(path: Path, out: dict[str, torch.Tensor], domain: Domain, seed: int) -> None:
+    """features.pt for the report: a 2-D PCA of at most FEATURE_POINTS expression features with
+    their expression labels and yaws (small: the report must not need the data or the model)."""
+    feat = out.get("feat_expression")
+    if feat is None or len(feat) < 3:
+        return
+    keep = torch.arange(len(feat))
+    if len(keep) > FEATURE_POINTS:
+        keep = torch.randperm(len(feat), generator=torch.Generator().manual_seed(seed))[:FEATURE_POINTS].sort().values
+    x = feat[keep].float()
+    x = x - x.mean(0)
+    # pca_lowrank draws random numbers: keep the global stream (training reproducibility) untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, _, v = torch.pca_lowrank(x, q=min(2, *x.shape), center=False)
+    xy = x @ v[:, :2]
+    if xy.shape[1] < 2:
+        xy = torch.cat([xy, torch.zeros(len(xy), 2 - xy.shape[1])], 1)
+    idx = domain.indices[keep]
+    try:
+        torch.save({"expression_2d": xy.contiguous(), "expression": domain.samples.expression[idx].clone(),
+                    "yaw": domain.samples.yaw[idx].float().clone()}, path)
+    except OSError as exc:  # only the report's projection is lost: not worth failing the run
+        logger.warning("{}: cannot write ({})", path, exc.strerror or exc)
 
 
 def _subset(domain: Domain, n: int, seed: int) -> Domain:

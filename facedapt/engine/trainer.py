@@ -24,6 +24,7 @@ from facedapt.engine import checkpoint
 from facedapt.engine.context import StepContext
 from facedapt.engine.evaluate import predict_domain
 from facedapt.engine.precision import autocast
+from facedapt.engine.progress import Progress
 from facedapt.errors import Interrupted
 from facedapt.method import Batch, Method, StepBatch
 from facedapt.plugin_manager import Plugins
@@ -58,6 +59,7 @@ class PhaseRunner:
         self.precision = precision
         self.run = run
         self.augmentations = augmentations
+        self.progress = Progress()
         self.stop_signal: str | None = None  # set by a signal handler; the loop saves and stops
 
     def amp(self) -> Any:
@@ -125,6 +127,8 @@ class PhaseRunner:
         labels_on_target = method.uses_target_labels
         started = time.perf_counter()
         method.train(True)
+        label = spec.phase if self.run.target is None else f"{spec.phase} {self.run.target}"
+        self.progress.start(label, spec.steps, step)
         try:
             while step < spec.steps:
                 ctx.step, ctx.skipped = step, False
@@ -144,6 +148,7 @@ class PhaseRunner:
                     sched.step()
                 step += 1
                 self.run.step = step
+                self.progress.update(step)
                 if step % max(1, t.log_every) == 0 or step == spec.steps:
                     # Losses stay on the device between log steps: no per-step host sync.
                     rec = {"phase": spec.phase, "target": self.run.target, "step": step,
@@ -152,6 +157,7 @@ class PhaseRunner:
                     metrics_file.flush()
                     history.append(rec)
                     self.run.metrics.append(rec)
+                    self.progress.note(" ".join(f"{k}={v:.3f}" for k, v in rec.items() if isinstance(v, float)))
                     self.plugins.hook.facedapt_on_step_end(run=self.run, step=step, metrics=rec)
                 if spec.select_on is not None and t.eval_every and step % t.eval_every == 0 and step < spec.steps:
                     best = self._select(spec, best, step)
@@ -165,6 +171,7 @@ class PhaseRunner:
                                       f"--run-dir {self.run.run_dir} --resume")
         finally:
             metrics_file.close()
+            self.progress.finish()
         if spec.select_on is not None:
             best = self._select(spec, best, step)
             if best is not None and best["step"] != step:

@@ -1,0 +1,158 @@
+"""The run report: report.md, report.html and plots at the end of every run, features.pt per
+target, and `facedapt report` rebuilding it; on the toy faces with a few steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_toy
+from loguru import logger
+
+from facedapt.cli import main
+from facedapt.data.samples import Samples
+from facedapt.data.splits import Domain
+from facedapt.engine import run as engine_run
+from facedapt.plugin_manager import Plugins
+
+PLOTS = ("training_curves.png", "confusion.png", "per_subject.png", "per_yaw.png", "features.png")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, toy_plugins: Plugins) -> Path:
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("FACEDAPT_NO_REPORT", raising=False)  # this run must write its report
+        run_toy(toy_plugins, run_dir, "data.target_subjects=[T00, T01]")
+    return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() points loguru at the captured stderr; give later tests a working sink again."""
+    yield
+    logger.remove()
+    logger.add(lambda message: sys.stderr.write(message))
+
+
+def check_report(run_dir: Path) -> None:
+    for name in PLOTS:
+        png = run_dir / "report" / name
+        assert png.is_file(), name
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 2000, name
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    for name in PLOTS:
+        assert f'src="report/{name}"' in page
+    assert "<script" not in page.lower()
+    md = (run_dir / "report.md").read_text(encoding="utf-8")
+    for name in PLOTS:
+        assert f"(report/{name})" in md
+
+
+def test_run_writes_report(finished: Path) -> None:
+    check_report(finished)
+    results = json.loads((finished / "results.json").read_text(encoding="utf-8"))
+    md = (finished / "report.md").read_text(encoding="utf-8")
+    page = (finished / "report.html").read_text(encoding="utf-8")
+    assert "| subject | accuracy | uar | macro_f1 | n |" in md
+    for sid, v in results["per_subject"].items():
+        row = f"| {sid} | {v['accuracy']:.4f} | {v['uar']:.4f} | {v['macro_f1']:.4f} | {v['n']} |"
+        assert row in md, row
+        assert f"<td>{sid}</td><td>{v['accuracy']:.4f}</td>" in page
+    mean = f"{results['target_accuracy']:.4f} ± {results['target_accuracy_std']:.4f}"
+    assert f"| target accuracy | {mean} |" in md
+    for yaw in results["per_yaw"]:  # the per-yaw table, signed degrees
+        assert f"| {int(yaw):+d}°" in md or (yaw == "0" and "| 0° |" in md)
+    for probe in results["leakage"]:
+        assert f"| {probe} |" in md
+    # The resolved recipe, verbatim, and the environment's versions.
+    assert (finished / "recipe.yaml").read_text(encoding="utf-8").strip() in md
+    env = json.loads((finished / "environment.json").read_text(encoding="utf-8"))
+    assert f"| torch | {env['versions']['torch']} |" in md
+
+
+def test_features_file(finished: Path) -> None:
+    for sid in ("T00", "T01"):
+        feats = torch.load(finished / "subjects" / sid / "features.pt", map_location="cpu", weights_only=True)
+        res = json.loads((finished / "subjects" / sid / "results.json").read_text(encoding="utf-8"))
+        n = res["n"]
+        assert feats["expression_2d"].shape == (n, 2) and feats["expression_2d"].dtype == torch.float32
+        assert feats["expression"].shape == (n,) and feats["expression"].dtype == torch.int64
+        assert feats["yaw"].shape == (n,) and feats["yaw"].dtype == torch.float32
+        assert torch.isfinite(feats["expression_2d"]).all()
+        # The same images the engine scored: label counts are the confusion matrix's row sums.
+        counts = torch.bincount(feats["expression"], minlength=len(res["confusion"]))
+        assert counts.tolist() == [sum(row) for row in res["confusion"]]
+        assert set(feats["yaw"].tolist()) <= {-30.0, 0.0, 30.0}
+
+
+def test_features_are_capped_and_leave_the_random_stream_alone(tmp_path: Path) -> None:
+    n = engine_run.FEATURE_POINTS + 500
+    samples = Samples(images=torch.zeros(n, 1, 4, 4, dtype=torch.uint8), expression=torch.arange(n) % 3,
+                      subject=torch.zeros(n, dtype=torch.long), subject_ids=("A",), dataset="x",
+                      yaw=(torch.arange(n) % 3 - 1).float() * 30)
+    out = {"pred": torch.zeros(n, dtype=torch.long), "feat_expression": torch.randn(n, 16)}
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    engine_run._save_features(tmp_path / "features.pt", out, Domain(samples, torch.arange(n)), seed=1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    feats = torch.load(tmp_path / "features.pt", weights_only=True)
+    assert feats["expression_2d"].shape == (engine_run.FEATURE_POINTS, 2)
+    assert feats["expression"].shape == feats["yaw"].shape == (engine_run.FEATURE_POINTS,)
+    # Without expression features (a method that has none) nothing is written.
+    engine_run._save_features(tmp_path / "none.pt", {"pred": out["pred"]}, Domain(samples, torch.arange(n)), seed=1)
+    assert not (tmp_path / "none.pt").exists()
+
+
+def test_cli_rebuilds_report(finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy, ignore=shutil.ignore_patterns("model.pt"))
+    (copy / "report.md").unlink()
+    (copy / "report.html").unlink()
+    shutil.rmtree(copy / "report")
+    assert main(["-q", "report", str(copy)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    check_report(copy)
+    # Without features.pt (a run from before it existed) the projection is left out, the rest stays.
+    for f in (copy / "subjects").glob("*/features.pt"):
+        f.unlink()
+    assert main(["-q", "report", str(copy)]) == 0
+    assert not (copy / "report" / "features.png").exists()
+    assert "features.png" not in (copy / "report.html").read_text(encoding="utf-8")
+    assert (copy / "report" / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize("what", ["empty", "unfinished", "missing"])
+def test_cli_report_needs_a_finished_run(what: str, finished: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    target = tmp_path / "d"
+    if what != "missing":
+        target.mkdir()
+    if what == "unfinished":
+        shutil.copy(finished / "recipe.yaml", target / "recipe.yaml")
+    assert main(["-q", "report", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("facedapt: error:") and str(target) in err, err
+
+
+def test_report_failure_only_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import facedapt.report
+
+    def broken(run_dir: Path) -> Path:
+        raise RuntimeError("no plots today")
+
+    monkeypatch.delenv("FACEDAPT_NO_REPORT", raising=False)
+    monkeypatch.setattr(facedapt.report, "build_report", broken)
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING")
+    try:
+        engine_run._write_report(tmp_path)  # must not raise
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 1 and "no plots today" in lines[0] and "facedapt report" in lines[0]
