@@ -211,7 +211,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for p in photos:
             for f in p["faces"]:
                 box = ",".join(str(v) for v in f["box"]) + ("" if f["detected"] else " (all)")
-                yaw = "-" if f["yaw"] is None else f"{f['yaw']:+.0f}°"
+                yaw = "-" if f["yaw"] is None else f"{f['yaw']:+.0f}°" if f["yaw"] else "0°"
                 top = "  ".join(f"{name} {prob:.2f}" for name, prob in f["top"])
                 print(f"{_clip(p['image'], 28):<28} {box:<20} {f['expression']:<11} {f['probability']:5.2f}  "
                       f"{yaw:>5}  {top}")

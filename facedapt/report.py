@@ -183,13 +183,30 @@ def _title(data: dict[str, Any]) -> str:
     return f"Run report: {res.get('recipe', data['run_dir'].name)} ({res.get('method', '?')})"
 
 
+_PLOTS = "\0plots"  # a placeholder section: where the plots go
+
+
+def _with_plots(sections: list[tuple[str, Table | str]],
+                plots: list[tuple[str, str]]) -> list[tuple[str, Table | str]]:
+    """The sections with the plots after the results, before environment and plugins."""
+    if not plots:
+        return sections
+    at = next((i for i, (t, _) in enumerate(sections) if t in ("Environment", "Plugins")), len(sections))
+    return [*sections[:at], (_PLOTS, ""), *sections[at:]]
+
+
 def _md_cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
 def _markdown(data: dict[str, Any], sections: list[tuple[str, Table | str]], plots: list[tuple[str, str]]) -> str:
     lines = [f"# {_title(data)}", "", f"Run directory: `{data['run_dir']}`", ""]
-    for title, body in sections:
+    for title, body in _with_plots(sections, plots):
+        if title == _PLOTS:
+            lines += ["## Plots", ""]
+            for caption, name in plots:
+                lines += [f"### {caption}", "", f"![{caption}](report/{name})", ""]
+            continue
         lines += [f"## {title}", ""]
         if isinstance(body, str):
             lines += [body, ""]
@@ -199,10 +216,6 @@ def _markdown(data: dict[str, Any], sections: list[tuple[str, Table | str]], plo
         lines.append("|" + "---|" * len(head))
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
         lines.append("")
-    if plots:
-        lines += ["## Plots", ""]
-        for caption, name in plots:
-            lines += [f"### {caption}", "", f"![{caption}](report/{name})", ""]
     fence = "````" if "```" in data["recipe_text"] else "```"
     lines += ["## Recipe", "", "<details><summary>recipe.yaml (resolved)</summary>", "", f"{fence}yaml",
               data["recipe_text"].rstrip("\n"), fence, "", "</details>", ""]
@@ -227,13 +240,14 @@ def _html(data: dict[str, Any], sections: list[tuple[str, Table | str]], plots: 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(_title(data))}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{e(_title(data))}</h1>",
              f"<p>Run directory: <code>{e(str(data['run_dir']))}</code></p>"]
-    for title, body in sections:
+    for title, body in _with_plots(sections, plots):
+        if title == _PLOTS:
+            parts.append("<h2>Plots</h2>")
+            for caption, name in plots:
+                parts.append(f'<h3>{e(caption)}</h3>\n<img src="report/{e(name)}" alt="{e(caption)}">')
+            continue
         parts.append(f"<h2>{e(title)}</h2>")
         parts.append(f"<p>{e(body)}</p>" if isinstance(body, str) else _html_table(*body))
-    if plots:
-        parts.append("<h2>Plots</h2>")
-        for caption, name in plots:
-            parts.append(f'<h3>{e(caption)}</h3>\n<img src="report/{e(name)}" alt="{e(caption)}">')
     parts += ["<h2>Recipe</h2>", "<details><summary>recipe.yaml (resolved)</summary>",
               f"<pre>{e(data['recipe_text'])}</pre>", "</details>", "</body></html>", ""]
     return "\n".join(parts)
@@ -361,7 +375,7 @@ def _plot_confusion(data: dict[str, Any]) -> Any:
     for r in range(k):
         for c in range(k):
             v = float(norm[r, c])
-            ax.text(c, r, f"{v:.2f}\n({int(m[r, c])})", ha="center", va="center", fontsize=7 if k > 5 else 9,
+            ax.text(c, r, f"{v:.2f}\n({int(m[r, c])})", ha="center", va="center", fontsize=7 if k > 8 else 8 if k > 5 else 9,
                     color="white" if v > 0.55 else "black")
     ax.set_xticks(range(k), classes, rotation=40, ha="right", fontsize=9)
     ax.set_yticks(range(k), [f"{c} ({int(totals[i])})" for i, c in enumerate(classes)], fontsize=9)
@@ -395,7 +409,8 @@ def _plot_per_subject(data: dict[str, Any]) -> Any:
         ax.axhline(1 / len(classes), color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set_xticks(range(len(ids)), ids, rotation=45 if len(ids) > 8 else 0, ha="right" if len(ids) > 8 else "center",
                   fontsize=8)
-    ax.set_xlim(-0.75, max(len(ids), 3) - 0.25)  # a few subjects: keep bars from filling the width
+    pad = max(0, 4 - len(ids)) / 2  # a few subjects: centred bars of the usual width, not a wall
+    ax.set_xlim(-0.6 - pad, len(ids) - 0.4 + pad)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("accuracy")
     ax.set_xlabel("target subject")
@@ -449,25 +464,26 @@ def _plot_features(data: dict[str, Any]) -> Any:
     tab = colormaps["tab10"]
     for row, (sid, f) in enumerate(shown):
         xy = f["expression_2d"].float()
+        size = 30 if len(xy) < 200 else 14 if len(xy) < 1000 else 7  # few points: make them visible
         expr, yaw = f["expression"].long(), f["yaw"].float()
         ax = axes[row][0]
         unknown = expr < 0
         if unknown.any():
-            ax.scatter(xy[unknown, 0], xy[unknown, 1], s=8, c="lightgrey", label="unlabelled")
+            ax.scatter(xy[unknown, 0], xy[unknown, 1], s=size, c="lightgrey", label="unlabelled")
         for c in sorted(set(expr[~unknown].tolist())):
             m = expr == c
             name = classes[c] if c < len(classes) else str(c)
-            ax.scatter(xy[m, 0], xy[m, 1], s=10, color=tab(c % 10), label=name, alpha=0.8, linewidths=0)
+            ax.scatter(xy[m, 0], xy[m, 1], s=size, color=tab(c % 10), label=name, alpha=0.8, linewidths=0)
         ax.set_title(f"{sid}: coloured by expression (n={len(xy)})", fontsize=10)
         ax.legend(fontsize=7, markerscale=1.6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax = axes[row][1]
         known = ~torch.isnan(yaw)
         if (~known).any():
-            ax.scatter(xy[~known, 0], xy[~known, 1], s=8, c="lightgrey")
+            ax.scatter(xy[~known, 0], xy[~known, 1], s=size, c="lightgrey")
         if known.any():
             lim = max(15.0, float(yaw[known].abs().max()))
             # viridis: no near-white middle, so frontal faces stay visible on the white axes
-            sc = ax.scatter(xy[known, 0], xy[known, 1], s=10, c=yaw[known], cmap="viridis",
+            sc = ax.scatter(xy[known, 0], xy[known, 1], s=size, c=yaw[known], cmap="viridis",
                             norm=colors.Normalize(-lim, lim), alpha=0.85, linewidths=0)
             fig.colorbar(sc, ax=ax, label="yaw (°)")
         ax.set_title(f"{sid}: coloured by yaw", fontsize=10)

@@ -188,7 +188,7 @@ def test_sigkill_then_resume_is_bitwise_exact(phase: str, phase_dir: str, dist_s
     _assert_same_run(run_dir, reference)
     assert not checkpoint.periodic(pdir)  # finished phases drop their periodic checkpoints
     steps = [json.loads(ln)["step"] for ln in (pdir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6, 7, 7, 8]  # step 7 done again after the resume
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # step 7 redone after the resume, logged once
 
 
 def test_sigterm_saves_checkpoint_and_says_how_to_resume(dist_site: Path, reference: Path, tmp_path: Path) -> None:
@@ -411,7 +411,7 @@ def test_nan_loss_aborts_naming_term_and_step(nan_plugins: Plugins, tmp_path: Pa
     with pytest.raises(NumericalError) as info:
         run_toy(nan_plugins, tmp_path / "run", *NAN, "method.nan_at=3", "method.term=poison", method="nan_probe")
     message = str(info.value)
-    assert "non-finite loss at source step 3: poison=nan" in message and "expression" not in message
+    assert "non-finite loss at source step 4: poison=nan" in message and "expression" not in message
     assert "train.nan_policy=skip" in message
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "run" / "source" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # nothing logged for the failed step

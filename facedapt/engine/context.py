@@ -77,7 +77,7 @@ class StepContext:
         bad = {name: float(v) for name, v in zip(terms, values.tolist()) if not math.isfinite(v)}
         if self.nan_policy == "abort":
             detail = ", ".join(f"{k}={v}" for k, v in bad.items())
-            raise NumericalError(f"non-finite loss at {self.phase} step {self.step}: {detail} "
+            raise NumericalError(f"non-finite loss at {self.phase} step {self.step + 1}: {detail} "
                                  "(train.nan_policy=skip skips such steps; train.grad_clip may help)")
         self.skipped = True
         return False

@@ -118,6 +118,7 @@ class PhaseRunner:
             self._restore(state, optimizers, schedulers, scaler, src_sampler, tgt_sampler)
             step, best, history = int(state["step"]), state.get("best"), list(state.get("history", []))
             partner_gen.set_state(state["partner_rng"])
+            _truncate_metrics(spec.directory / "metrics.jsonl", step)  # steps after it are redone
             logger.info("resumed {} at step {} from {}", spec.phase, step, latest[-1])
         else:
             torch.manual_seed(seed_of(r.seed, spec.phase, "init", spec.seed))
@@ -225,6 +226,13 @@ class PhaseRunner:
         if tgt_sampler is not None:
             tgt_sampler.load_state_dict(state["samplers"]["target"])
         checkpoint.set_rng_state(state["rng"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln)["step"] <= step]
+    path.write_text("".join(f"{ln}\n" for ln in kept), encoding="utf-8")
 
 
 def _model_state(method: Method) -> dict[str, dict[str, torch.Tensor]]:
