@@ -9,7 +9,9 @@ target-supervised upper bound uses its labels) and are measured on the other.
     python benchmarks/compare.py --full          # the documented full-size configuration
 
 Runs are kept under --workdir and skipped when their results.json exists, so an interrupted
-benchmark continues where it stopped. Writes benchmarks/results/compare.{json,md}.
+benchmark continues where it stopped. Writes benchmarks/results/compare.{json,md}. The table
+statistics come from facedapt.compare (shared with `facedapt compare`, which builds the same
+kind of table from a `facedapt sweep`: see docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
+
+from facedapt.compare import breakdowns, markdown, summarize_group
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_ROWS = ["source_only", "adabn", "dann", "cdan", "pada", "target_supervised"]
@@ -63,10 +66,6 @@ def run(recipe: str, run_dir: Path, overrides: list[str], threads: int) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env)
     return json.loads(done.read_text())
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
 def main() -> None:
@@ -119,25 +118,10 @@ def main() -> None:
 
 def summarize(results: dict[str, list[dict]], seeds: int, ab_seeds: int, targets: int, overrides: list[str],
               seconds: float) -> dict:
-    rows = {}
-    base = {sid: statistics.fmean(r["per_subject"][sid]["accuracy"] for r in results["source_only"])
-            for sid in results["source_only"][0]["per_subject"]} if results.get("source_only") else {}
-    for name, runs in results.items():
-        if not runs:
-            continue
-        acc = mean_std([r["target_accuracy"] for r in runs])
-        subjects = {sid: statistics.fmean(r["per_subject"][sid]["accuracy"] for r in runs) for sid in runs[0]["per_subject"]}
-        yaws = {y: statistics.fmean(r["per_yaw"][y] for r in runs) for y in runs[0]["per_yaw"]}
-        leak = {k: statistics.fmean(r["leakage"][k] for r in runs if k in r["leakage"]) for k in runs[0]["leakage"]}
-        deltas = {sid: subjects[sid] - base[sid] for sid in subjects if sid in base}
-        rows[name] = {
-            "label": LABELS.get(name, name), "seeds": len(runs), "accuracy_mean": acc[0], "accuracy_std": acc[1],
-            "uar_mean": statistics.fmean(r["target_uar"] for r in runs),
-            "subject_std": statistics.fmean(r["target_accuracy_std"] for r in runs),
-            "per_subject": subjects, "per_subject_delta": deltas, "per_yaw": yaws, "leakage": leak,
-            "adapt_seconds_per_subject": statistics.fmean(
-                s for r in runs for s in r["timing"]["per_subject_adapt"].values()),
-        }
+    # Per-row statistics come from the library, so this table and `facedapt compare` agree.
+    base = summarize_group(results["source_only"])["per_subject"] if results.get("source_only") else None
+    rows = {name: {"label": LABELS.get(name, name), **summarize_group(runs, base)}
+            for name, runs in results.items() if runs}
     goal = {}
     if "pada" in rows and "source_only" in rows:
         d = rows["pada"]["per_subject_delta"]
@@ -151,35 +135,27 @@ def summarize(results: dict[str, list[dict]], seeds: int, ab_seeds: int, targets
 
 
 def render(rep: dict) -> str:
-    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    out = [f"Personalized adaptation on the synthetic faces ({rep['date']}, {rep['machine']}); "
-           f"{rep['targets']} target subjects, main rows {rep['seeds']} seeds, ablations {rep['ablation_seeds']}; "
-           f"selection rule `{rep['selection']}`; `{rep['command']}` ({rep['seconds'] // 60} min).", "",
-           "| method | seeds | target accuracy % (mean ± std over seeds) | UAR % | spread over subjects | pose from f_e | expression from f_p | adapt s/subject |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in rep["rows"].values():
-        leak = r["leakage"]
-        out.append(f"| {r['label']} | {r['seeds']} | {pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])} | {pct(r['uar_mean'])} "
-                   f"| {pct(r['subject_std'])} | {pct(leak['pose_from_expression']) if 'pose_from_expression' in leak else '-'} "
-                   f"| {pct(leak['expression_from_pose']) if 'expression_from_pose' in leak else '-'} | {r['adapt_seconds_per_subject']:.1f} |")
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}"
+    intro = (f"Personalized adaptation on the synthetic faces ({rep['date']}, {rep['machine']}); "
+             f"{rep['targets']} target subjects, main rows {rep['seeds']} seeds, ablations {rep['ablation_seeds']}; "
+             f"selection rule `{rep['selection']}`; `{rep['command']}` ({rep['seconds'] // 60} min).")
+    header = ["method", "seeds", "target accuracy % (mean ± std over seeds)", "UAR %", "spread over subjects",
+              "pose from f_e", "expression from f_p", "adapt s/subject"]
+    cells = [[r["label"], str(r["seeds"]), f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}", pct(r["uar_mean"]),
+              pct(r["subject_std"]), pct(r["leakage"].get("pose_from_expression")),
+              pct(r["leakage"].get("expression_from_pose")), f"{r['adapt_seconds_per_subject']:.1f}"]
+             for r in rep["rows"].values()]
+    out = [markdown(header, cells, intro)]
     rows = rep["rows"]
     if "source_only" in rows:
-        subjects = list(rows["source_only"]["per_subject"])
-        out += ["", "Per target subject: accuracy % (change against source-only, points)", "",
-                "| method | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
-        for r in rows.values():
-            cells = [f"{pct(r['per_subject'][s])} ({100 * r['per_subject_delta'].get(s, 0):+.1f})" for s in subjects]
-            out.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-        yaws = list(rows["source_only"]["per_yaw"])
-        out += ["", "Per yaw (degrees): accuracy %", "", "| method | " + " | ".join(yaws) + " |", "|---|" + "---|" * len(yaws)]
-        for r in rows.values():
-            out.append(f"| {r['label']} | " + " | ".join(pct(r["per_yaw"].get(y, float('nan'))) for y in yaws) + " |")
+        out.append(breakdowns({r["label"]: r for r in rows.values()}, list(rows["source_only"]["per_subject"]),
+                              list(rows["source_only"]["per_yaw"])))
     if rep["goal"]:
         g = rep["goal"]
-        out += ["", f"Goal check: mean gain over source-only {100 * g['mean_gain_over_source_only']:+.1f} points (goal +5); "
-                f"worst subject {100 * g['worst_subject_delta']:+.1f} points (goal no worse than -3); "
-                f"gain over AdaBN {100 * (g['gain_over_adabn'] or 0):+.1f} points (goal > 0)."]
-    return "\n".join(out) + "\n"
+        out.append(f"Goal check: mean gain over source-only {100 * g['mean_gain_over_source_only']:+.1f} points (goal +5); "
+                   f"worst subject {100 * g['worst_subject_delta']:+.1f} points (goal no worse than -3); "
+                   f"gain over AdaBN {100 * (g['gain_over_adabn'] or 0):+.1f} points (goal > 0).\n")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

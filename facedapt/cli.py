@@ -43,10 +43,18 @@ def _load(args: argparse.Namespace, recipe: str, overrides: list[str]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from facedapt.engine.distributed import env_rank
     from facedapt.engine.run import run
 
+    rank = env_rank()
+    if rank > 0:  # under torchrun/SLURM: rank 0 reports; the others only warn, tagged with their rank
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING", format=f"rank {rank}: {{level}} {{message}}")
+        os.environ["FACEDAPT_NO_PROGRESS"] = "1"
     loaded = _load(args, args.recipe, args.overrides)
     results = run(loaded, run_dir=args.run_dir, resume=args.resume, allow_changed=args.allow_changed_recipe)
+    if rank > 0:
+        return 0
     print(f"target accuracy {results['target_accuracy']:.4f} (selection: {results['selection']}) over "
           f"{len(results['per_subject'])} target(s)")
     for sid, v in results["per_subject"].items():
@@ -219,6 +227,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if found else 2
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from facedapt.sweep import run_sweep
+
+    blocked = _blocked(args)
+    overrides = [*args.overrides, *([f"plugins.block={json.dumps(blocked)}"] if blocked else [])]
+    slurm = {"partition": args.slurm_partition, "time_min": args.slurm_time, "gpus_per_node": args.slurm_gpus,
+             "cpus_per_task": args.slurm_cpus, "mem_gb": args.slurm_mem}
+    args.sweep_dir = args.sweep_dir or Path("sweeps") / Path(args.recipe).stem
+    out = run_sweep(args.recipe, args.sweep_dir, overrides=overrides, grid=args.grid, seeds=args.seeds,
+                    subjects=args.subjects, launcher=args.launcher, parallel=args.parallel, threads=args.threads,
+                    slurm=slurm, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"{out['jobs']} job(s) in {args.sweep_dir} ({out['done']} done)")
+        for d in out["planned"]:
+            print(f"  {d}")
+        return 0
+    if args.launcher == "slurm":
+        print(f"{out['jobs']} job(s); submitted {len(out['submitted'])}: {' '.join(map(str, out['submitted']))}")
+        return 0
+    print(f"{out['jobs']} job(s): {out['skipped']} already done, {out['ran'] - out['failed']} finished now, "
+          f"{out['failed']} failed (rerun the same command to retry them)")
+    print(f"compare with: facedapt compare {args.sweep_dir}")
+    return 1 if out["failed"] else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from facedapt.compare import compare, render
+
+    keys = [k for k in args.by.split(",") if k] if args.by else None
+    keys, rows = compare(args.paths, keys)
+    text = render(keys, rows, args.format)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3):]
 
@@ -296,6 +343,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-detect", action="store_true", help="no face detection: each photo (its center square) is one face")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("sweep", help="one run per grid point, seed and target subject (local or SLURM)",
+                       description="Run a recipe once per combination of --grid values, seeds and target subjects. "
+                       "Each job lives in SWEEP_DIR/<hash of its resolved recipe>/ with a DONE marker once finished; "
+                       "running the same command again skips finished jobs and resumes broken ones.")
+    p.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
+    p.add_argument("overrides", nargs="*", help="key=value or ~key, applied to every job")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="swept key and its values (repeat for a product); commas inside {} or [] do not split")
+    p.add_argument("--seeds", default="1", help="a count (3: seeds 0,1,2) or a list (0,5,7); default 1")
+    p.add_argument("--subjects", default="all",
+                   help="all (one job per target of the recipe's data.target_subjects), a list (T00,T01), "
+                   "or none (one job for all targets)")
+    p.add_argument("--sweep-dir", type=Path, metavar="DIR", help="where the jobs live (default sweeps/<recipe>)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="local: jobs at a time")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="threads per job (OMP_NUM_THREADS)")
+    p.add_argument("--slurm-partition", help="slurm: partition")
+    p.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="slurm: time limit per job")
+    p.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="slurm: GPUs per job")
+    p.add_argument("--slurm-cpus", type=int, default=4, metavar="N", help="slurm: CPUs per job")
+    p.add_argument("--slurm-mem", type=int, default=16, metavar="GB", help="slurm: memory per job")
+    p.add_argument("--dry-run", action="store_true", help="write the job directories and list them; run nothing")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("compare", help="tables of mean and std over seeds and subjects from results.json files",
+                       description="Aggregate the results.json files found under the given run or sweep directories "
+                       "into a table: rows grouped by recipe, method, swept keys and selection rule (or --by), mean "
+                       "and std over seeds of the mean over subjects, and the spread over subjects.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR")
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.add_argument("--by", metavar="KEYS", help="comma-separated grouping keys (results.json fields or swept keys), "
+                   "e.g. method or method,selection")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the table here instead of printing it")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("data", help="generate synthetic faces or inspect a dataset")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("synth", help="write a synthetic face set as PNG files plus manifest.csv")
@@ -324,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `run` overrides may follow options: `run pada --run-dir d train.steps=3`
-        if args.command in ("run", "adapt", "eval") and all(("=" in e and not e.startswith("-")) or e.startswith("~") for e in extra):
+        if args.command in ("run", "adapt", "eval", "sweep") and all(("=" in e and not e.startswith("-")) or e.startswith("~") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -86,8 +86,10 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
         if feats.is_file():
             try:
                 entry["features"] = torch.load(feats, map_location="cpu", weights_only=True)
-            except Exception:  # a damaged file only costs its plot
-                pass
+            except Exception as exc:  # noqa: BLE001 - a damaged file only costs its plot
+                from loguru import logger
+
+                logger.warning("report: {} not read ({})", feats, type(exc).__name__)
         subjects[folder.name] = entry
     # results.json keys subjects by id; folders use a filesystem-safe form of it.
     from facedapt.engine.run import _safe

@@ -45,6 +45,8 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     """Never touch the user's dataset cache, never leak the cached plugin set between tests."""
     monkeypatch.setenv("FACEDAPT_CACHE", str(tmp_path_factory.getbasetemp() / "facedapt-cache"))
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    monkeypatch.setenv("FACEDAPT_NO_REPORT", "1")  # reports cost ~1 s a run; test_report.py unsets it
+    monkeypatch.setenv("FACEDAPT_NO_PROGRESS", "1")
     reset_plugins()
     deterministic = torch.are_deterministic_algorithms_enabled()
     yield

@@ -404,7 +404,7 @@ def _(env: Env) -> list[str]:
     return [*env.run(run_dir=done), "--resume"]  # a finished run: only results.json is written again
 
 
-@case("nan_loss_aborts", 1, "non-finite loss at source step 1: poison=nan")
+@case("nan_loss_aborts", 1, "non-finite loss at source step 2: poison=nan")
 def _(env: Env) -> list[str]:
     return env.run("~model", "method={name: nan_probe, nan_at: 1}")
 

@@ -101,7 +101,7 @@ def check_face(face: dict, classes: tuple[str, ...]) -> None:
     assert abs(sum(face["probabilities"].values()) - 1) < 1e-5
     assert face["expression"] == max(face["probabilities"], key=face["probabilities"].get)
     assert face["probability"] == face["probabilities"][face["expression"]]
-    assert [name for name, _ in face["top"]][0] == face["expression"] and len(face["top"]) == 3
+    assert face["top"][0][0] == face["expression"] and len(face["top"]) == 3
     assert [p for _, p in face["top"]] == sorted((p for _, p in face["top"]), reverse=True)
     assert face["yaw"] in (-90.0, -75.0, -60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0)
     x, y, w, h = face["box"]

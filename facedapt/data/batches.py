@@ -9,17 +9,25 @@ from __future__ import annotations
 import torch
 
 from facedapt.data.samples import Samples
+from facedapt.errors import UsageError
 from facedapt.method import Batch
 
 
 class EndlessSampler:
     """Yields index batches forever; each epoch is a fresh permutation (or, with ``weights``,
-    a weighted draw with replacement of the same size: the balanced sampler)."""
+    a weighted draw with replacement of the same size: the balanced sampler).
+
+    ``batch_size`` is the global batch; with ``world_size`` > 1 every rank draws the same global
+    batch and :meth:`next` returns its contiguous slice ``[rank*B/W, (rank+1)*B/W)``.
+    """
 
     def __init__(self, indices: torch.Tensor, batch_size: int, seed: int, weights: torch.Tensor | None = None,
                  rank: int = 0, world_size: int = 1) -> None:
         if len(indices) == 0:
             raise ValueError("cannot sample from an empty index set")
+        if batch_size % world_size:
+            raise UsageError(f"the global batch size {batch_size} is not divisible by the {world_size} processes; "
+                             f"choose a multiple of {world_size}")
         self.indices = indices
         self.batch_size = batch_size
         self.seed = seed
@@ -36,12 +44,22 @@ class EndlessSampler:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.multinomial(self.weights, n, replacement=True, generator=g)
-        order = self.indices[order]
-        # Every rank takes its own stride of the same global order (distributed training).
-        per_rank = max(1, len(order) // self.world_size)
-        return order[self.rank * per_rank:(self.rank + 1) * per_rank] if self.world_size > 1 else order
+        return self.indices[order]
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (or of anything drawn per element of it)."""
+        if self.world_size == 1:
+            return batch
+        per = self.batch_size // self.world_size
+        return batch[self.rank * per:(self.rank + 1) * per]
 
     def next(self) -> torch.Tensor:
+        """This rank's part of the next global batch."""
+        return self.shard(self.next_global())
+
+    def next_global(self) -> torch.Tensor:
+        """The next global batch: the same on every rank (same seed, same position), so that
+        W processes together see exactly what one process would at the same batch size."""
         parts, need = [], self.batch_size
         while need > 0:
             if self.offset >= len(self._order):

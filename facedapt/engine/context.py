@@ -11,6 +11,7 @@ import attrs
 import torch
 from torch import nn
 
+from facedapt.engine import distributed
 from facedapt.errors import NumericalError, RecipeError
 from facedapt.plugin_manager import Plugins
 from facedapt.recipe.schema import Component
@@ -72,11 +73,18 @@ class StepContext:
         """False (skip the step) if any term is NaN/Inf under policy `skip`; raises under `abort`.
         One device-to-host read per step; the per-term names are read only on failure."""
         values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
-        if bool(torch.isfinite(values).all()):
+        finite = torch.isfinite(values).all()
+        if distributed.is_distributed():
+            # Every rank must skip or step together: a rank that skipped alone would leave the
+            # others waiting in the gradient all-reduce.
+            flag = finite.float().reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag[0] > 0
+        if bool(finite):
             return True
         bad = {name: float(v) for name, v in zip(terms, values.tolist()) if not math.isfinite(v)}
         if self.nan_policy == "abort":
-            detail = ", ".join(f"{k}={v}" for k, v in bad.items())
+            detail = ", ".join(f"{k}={v}" for k, v in bad.items()) or "in another process"
             raise NumericalError(f"non-finite loss at {self.phase} step {self.step + 1}: {detail} "
                                  "(train.nan_policy=skip skips such steps; train.grad_clip may help)")
         self.skipped = True
@@ -92,6 +100,9 @@ class StepContext:
         opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward(retain_graph=retain_graph)
+            # The loss scale is the same on every rank, so averaging scaled gradients is exact,
+            # and an overflow on one rank reaches all of them (inf stays inf): all skip together.
+            distributed.average_gradients(self.params[group])
             if self.grad_clip:
                 self.scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(self.params[group], self.grad_clip)
@@ -99,6 +110,7 @@ class StepContext:
             self.scaler.update()
         else:
             loss.backward(retain_graph=retain_graph)
+            distributed.average_gradients(self.params[group])  # a no-op in a single process
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.params[group], self.grad_clip)
             opt.step()

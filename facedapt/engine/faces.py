@@ -78,11 +78,11 @@ def detect(rgb: np.ndarray, min_fraction: float = 0.05) -> list[Box]:
 def square_around(box: Box, width: int, height: int, margin: float = MARGIN) -> Box:
     """The box grown by ``margin`` of its size on each side, made square, kept inside the photo."""
     x, y, w, h = box
-    side = int(round(max(w, h) * (1 + 2 * margin)))
+    side = round(max(w, h) * (1 + 2 * margin))
     side = min(side, width, height)
     cx, cy = x + w / 2, y + h / 2
-    left = int(round(min(max(cx - side / 2, 0), width - side)))
-    top = int(round(min(max(cy - side / 2, 0), height - side)))
+    left = round(min(max(cx - side / 2, 0), width - side))
+    top = round(min(max(cy - side / 2, 0), height - side))
     return left, top, side, side
 
 

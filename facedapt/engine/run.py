@@ -36,7 +36,7 @@ import facedapt
 from facedapt.data.samples import EXPRESSIONS, NUM_POSE_BINS, Samples
 from facedapt.data.splits import Domain, SplitRequest, Target
 from facedapt.data.store import materialize
-from facedapt.engine import checkpoint
+from facedapt.engine import checkpoint, distributed
 from facedapt.engine.context import BuildContext
 from facedapt.engine.evaluate import leakage, predict_domain, score
 from facedapt.engine.precision import autocast, pick_device, resolve_precision
@@ -146,14 +146,17 @@ class Runner:
         self.recipe = loaded.recipe
         self.plugins = plugins or get_plugins(self.recipe.plugins.block)
         validate(loaded, self.plugins)
+        # Under torchrun/SLURM: join the process group; this rank's device (cuda:<local rank>).
+        self.device = distributed.init(pick_device(self.recipe.device))
         if resume:
-            self.run_dir = run_dir or newest_run_dir(self.recipe.name)
+            # Rank 0's choice everywhere (a default directory is named by the time).
+            self.run_dir = distributed.broadcast_object(run_dir or newest_run_dir(self.recipe.name))
             _check_resume(self.run_dir, loaded, allow_changed)
         else:
-            self.run_dir = run_dir or default_run_dir(self.recipe.name)
+            self.run_dir = distributed.broadcast_object(run_dir or default_run_dir(self.recipe.name))
             if (self.run_dir / "recipe.yaml").exists():
                 raise UsageError(f"{self.run_dir}: already holds a run (use --resume to continue it, or another --run-dir)")
-        self.device = pick_device(self.recipe.device)
+        distributed.barrier()  # every rank checked before rank 0 writes the run directory
         self.precision = resolve_precision(self.recipe.train.precision, self.device)
 
     def amp(self) -> Any:
@@ -177,9 +180,10 @@ class Runner:
 
     def _load_data(self) -> tuple[list[Target], int]:
         data = self.recipe.data
-        source = materialize_dataset(self.plugins, data.dataset, data.on_bad_image)
-        target = (materialize_dataset(self.plugins, data.target_dataset, data.on_bad_image)
-                  if data.target_dataset is not None else None)
+        with distributed.main_first():  # rank 0 fills the dataset cache, the others read it
+            source = materialize_dataset(self.plugins, data.dataset, data.on_bad_image)
+            target = (materialize_dataset(self.plugins, data.target_dataset, data.on_bad_image)
+                      if data.target_dataset is not None else None)
         for s in (source, target):
             if s is not None and s.problems:
                 logger.warning("dataset {}: {} problem(s) skipped, e.g. {}: {}", s.dataset, len(s.problems),
@@ -200,8 +204,11 @@ class Runner:
     # -- the run ----------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
         started = time.perf_counter()
-        self._prepare_dir()
-        sink = logger.add(self.run_dir / "log.txt", level="INFO", enqueue=False)
+        main = distributed.is_main()  # only rank 0 writes files
+        if main:
+            self._prepare_dir()
+        distributed.barrier()
+        sink = logger.add(self.run_dir / "log.txt", level="INFO", enqueue=False) if main else None
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         if self.recipe.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -211,7 +218,8 @@ class Runner:
         finally:
             _restore_handlers(previous)
             torch.use_deterministic_algorithms(was_deterministic)
-            logger.remove(sink)
+            if sink is not None:
+                logger.remove(sink)
 
     def _execute(self, started: float) -> dict[str, Any]:
         r = self.recipe
@@ -232,7 +240,9 @@ class Runner:
         augs = [self.plugins.registry("augmentations").get(a.name)(**a.kwargs) for a in r.data.augment]
         runner = PhaseRunner(r, self.plugins, method, self.device, self.precision, run, augs)
         self._phase_runner = runner
-        self.plugins.hook.facedapt_on_run_start(run=run)
+        main = distributed.is_main()
+        if main:  # lifecycle hooks run on rank 0 only
+            self.plugins.hook.facedapt_on_run_start(run=run)
         logger.info("run {} in {} on {} ({}), {} target(s)", r.name, self.run_dir, self.device, self.precision, len(targets))
 
         shared_source = len({t.source.digest() for t in targets}) == 1
@@ -241,6 +251,7 @@ class Runner:
         for k, target in enumerate(targets):
             tdir = self.run_dir / "subjects" / _safe(target.id)
             done = tdir / "results.json"
+            distributed.barrier()  # all ranks see the same done markers and source model
             if done.is_file():
                 per_subject[target.id] = json.loads(done.read_text(encoding="utf-8"))
                 logger.info("target {} already done; skipping", target.id)
@@ -259,11 +270,14 @@ class Runner:
         results = aggregate(per_subject, r, self.precision, num_classes)
         timing["total"] = time.perf_counter() - started
         results["timing"] = {**results.get("timing", {}), **{k: round(v, 3) for k, v in timing.items()}}
-        _write_json(self.run_dir / "results.json", results)
-        self.plugins.hook.facedapt_on_run_end(run=run, results=results)
-        logger.info("target accuracy {:.4f} over {} target(s); results in {}", results["target_accuracy"],
-                    len(per_subject), self.run_dir / "results.json")
-        _write_report(self.run_dir)
+        results["world_size"] = distributed.world_size()
+        if main:
+            _write_json(self.run_dir / "results.json", results)
+            self.plugins.hook.facedapt_on_run_end(run=run, results=results)
+            logger.info("target accuracy {:.4f} over {} target(s); results in {}", results["target_accuracy"],
+                        len(per_subject), self.run_dir / "results.json")
+            _write_report(self.run_dir)
+        distributed.barrier()  # results.json exists before any rank returns
         return results
 
     def _source_model(self, runner: PhaseRunner, run: Run, method: Method, target: Target, sdir: Path) -> dict:
@@ -288,10 +302,11 @@ class Runner:
             info = runner.run_phase(spec)
             logger.info("source training: {} steps in {:.1f}s", info["steps"], info["seconds"])
         models = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in method.models.items()}
-        checkpoint.save({"models": models, "kind": "source", "method": r.method.name, "build": self.build, **run.stamp()},
-                        final)
-        for old in checkpoint.periodic(sdir):
-            old.unlink(missing_ok=True)
+        if distributed.is_main():
+            checkpoint.save({"models": models, "kind": "source", "method": r.method.name, "build": self.build,
+                             **run.stamp()}, final)
+            for old in checkpoint.periodic(sdir):
+                old.unlink(missing_ok=True)
         return models
 
     def _adapt_and_score(self, runner: PhaseRunner, run: Run, method: Method, target: Target, tdir: Path, k: int,
@@ -323,7 +338,9 @@ class Runner:
         seconds_adapt = time.perf_counter() - t0
         out = _predict_with_features(method, target.evaluate, self.device, r.eval.batch_size, self.amp)
         res = score(target.evaluate, out["pred"], self.plugins, r.eval.metrics, num_classes)
-        _save_features(tdir / "features.pt", out, target.evaluate, seed_of(r.seed, "features", target.id))
+        main = distributed.is_main()
+        if main:
+            _save_features(tdir / "features.pt", out, target.evaluate, seed_of(r.seed, "features", target.id))
         res["selected_step"] = selected
         res["seconds"] = round(seconds_adapt, 3)
         if target.source_val is not None:
@@ -334,13 +351,14 @@ class Runner:
             probe_dom = target.source_val if target.source_val is not None else _subset(target.source, 2000, r.seed)
             res["leakage"] = leakage(method, probe_dom, self.device, r.eval.batch_size, self.amp, r.eval.probe_steps,
                                      seed_of(r.seed, "probe"))
-        models = {n: {k2: v.detach().clone() for k2, v in m.state_dict().items()} for n, m in method.models.items()}
-        checkpoint.save({"models": models, "kind": "adapted", "target": target.id, "method": r.method.name,
-                         "build": self.build, **run.stamp()}, tdir / "model.pt")
-        _write_json(tdir / "results.json", res)  # the done marker: written last
-        for old in checkpoint.periodic(tdir):
-            old.unlink(missing_ok=True)
-        self.plugins.hook.facedapt_on_eval_end(run=run, results=res)
+        if main:
+            models = {n: {k2: v.detach().clone() for k2, v in m.state_dict().items()} for n, m in method.models.items()}
+            checkpoint.save({"models": models, "kind": "adapted", "target": target.id, "method": r.method.name,
+                             "build": self.build, **run.stamp()}, tdir / "model.pt")
+            _write_json(tdir / "results.json", res)  # the done marker: written last
+            for old in checkpoint.periodic(tdir):
+                old.unlink(missing_ok=True)
+            self.plugins.hook.facedapt_on_eval_end(run=run, results=res)
         logger.info("target {}: accuracy {:.4f} (n={})", target.id, res["accuracy"], res["n"])
         return res
 
@@ -517,5 +535,9 @@ def load_models_file(path: Path, device: torch.device | str = "cpu") -> dict[str
 
 def run(loaded: LoadedRecipe, *, run_dir: str | Path | None = None, resume: bool = False,
         allow_changed: bool = False) -> dict[str, Any]:
-    """Run a loaded recipe; returns what results.json holds."""
-    return Runner(loaded, Path(run_dir) if run_dir else None, resume, allow_changed).execute()
+    """Run a loaded recipe; returns what results.json holds. Under torchrun or SLURM every
+    process calls this; they train one model together and rank 0 writes the run directory."""
+    try:
+        return Runner(loaded, Path(run_dir) if run_dir else None, resume, allow_changed).execute()
+    finally:
+        distributed.shutdown()

@@ -20,7 +20,7 @@ from loguru import logger
 
 from facedapt.data.batches import EndlessSampler, PartnerTable, balanced_weights, gather
 from facedapt.data.splits import Domain
-from facedapt.engine import checkpoint
+from facedapt.engine import checkpoint, distributed
 from facedapt.engine.context import StepContext
 from facedapt.engine.evaluate import predict_domain
 from facedapt.engine.precision import autocast
@@ -103,11 +103,15 @@ class PhaseRunner:
 
         src = spec.source
         weights = balanced_weights(src.samples, src.indices) if r.data.sampler == "balanced" else None
-        src_sampler = EndlessSampler(src.indices, t.batch_size, seed_of(r.seed, spec.phase, "source", spec.seed), weights)
+        # Batch sizes are global: every rank draws the same global batch and takes its slice.
+        rank, world = distributed.rank(), distributed.world_size()
+        main = rank == 0
+        src_sampler = EndlessSampler(src.indices, t.batch_size, seed_of(r.seed, spec.phase, "source", spec.seed), weights,
+                                     rank, world)
         tgt_sampler = None
         if spec.target is not None:
             tgt_sampler = EndlessSampler(spec.target.indices, t.target_batch_size or t.batch_size,
-                                         seed_of(r.seed, spec.phase, "target", spec.seed))
+                                         seed_of(r.seed, spec.phase, "target", spec.seed), None, rank, world)
         partners = PartnerTable(src.samples) if method.needs_partners else None
         partner_gen = torch.Generator()
 
@@ -118,13 +122,17 @@ class PhaseRunner:
             self._restore(state, optimizers, schedulers, scaler, src_sampler, tgt_sampler)
             step, best, history = int(state["step"]), state.get("best"), list(state.get("history", []))
             partner_gen.set_state(state["partner_rng"])
-            _truncate_metrics(spec.directory / "metrics.jsonl", step)  # steps after it are redone
+            if main:
+                _truncate_metrics(spec.directory / "metrics.jsonl", step)  # steps after it are redone
             logger.info("resumed {} at step {} from {}", spec.phase, step, latest[-1])
         else:
-            torch.manual_seed(seed_of(r.seed, spec.phase, "init", spec.seed))
+            # Rank 0 keeps the single-process stream; the others get their own (dropout masks
+            # must not repeat across ranks). Model weights are rank 0's on every rank.
+            torch.manual_seed(seed_of(r.seed, spec.phase, "init", spec.seed, *([rank] if rank else [])))
             partner_gen.manual_seed(seed_of(r.seed, "partners", spec.seed))
+            distributed.broadcast_state(method.models.values())
 
-        metrics_file = (spec.directory / "metrics.jsonl").open("a", encoding="utf-8")
+        metrics_file = (spec.directory / "metrics.jsonl").open("a", encoding="utf-8") if main else None
         labels_on_target = method.uses_target_labels
         started = time.perf_counter()
         method.train(True)
@@ -133,17 +141,20 @@ class PhaseRunner:
         try:
             while step < spec.steps:
                 ctx.step, ctx.skipped = step, False
-                idx = src_sampler.next()
+                gidx = src_sampler.next_global()
+                idx = src_sampler.shard(gidx)
                 sb = gather(src.samples, idx, device, channels_last=t.channels_last)
-                if partners is not None:
-                    sb.partner = gather(src.samples, partners.draw(idx, partner_gen), device, channels_last=t.channels_last)
-                sb = self._augment(sb, seed_of(r.seed, spec.phase, spec.seed, step, "aug"))
+                if partners is not None:  # drawn for the global batch: the same partners as one process
+                    pidx = src_sampler.shard(partners.draw(gidx, partner_gen))
+                    sb.partner = gather(src.samples, pidx, device, channels_last=t.channels_last)
+                sb = self._augment(sb, seed_of(r.seed, spec.phase, spec.seed, step, "aug", *([rank] if rank else [])))
                 tb = None
                 if tgt_sampler is not None and spec.target is not None:
                     tb = gather(spec.target.samples, tgt_sampler.next(), device, labels=labels_on_target,
                                 pose=labels_on_target or r.data.use_target_pose, channels_last=t.channels_last)
                     if r.data.augment_target:
-                        tb = self._augment(tb, seed_of(r.seed, spec.phase, spec.seed, step, "aug-t"))
+                        tb = self._augment(tb, seed_of(r.seed, spec.phase, spec.seed, step, "aug-t",
+                                                       *([rank] if rank else [])))
                 losses = method.train_step(StepBatch(sb, tb), ctx)
                 for sched in schedulers:
                     sched.step()
@@ -152,27 +163,37 @@ class PhaseRunner:
                 self.progress.update(step)
                 if step % max(1, t.log_every) == 0 or step == spec.steps:
                     # Losses stay on the device between log steps: no per-step host sync.
+                    if world > 1 and losses:  # the logged loss is the global batch's: mean over ranks
+                        mean = distributed.average(torch.stack([v.detach().float().reshape(()) for v in losses.values()]))
+                        losses = dict(zip(losses, mean.unbind()))
                     rec = {"phase": spec.phase, "target": self.run.target, "step": step,
                            "skipped": ctx.skipped, **{k: round(float(v), 6) for k, v in losses.items()}}
-                    metrics_file.write(json.dumps(rec) + "\n")
-                    metrics_file.flush()
                     history.append(rec)
-                    self.run.metrics.append(rec)
-                    self.progress.note(" ".join(f"{k}={v:.3f}" for k, v in rec.items() if isinstance(v, float)))
-                    self.plugins.hook.facedapt_on_step_end(run=self.run, step=step, metrics=rec)
+                    if main:  # only rank 0 writes and runs the lifecycle hooks
+                        assert metrics_file is not None
+                        metrics_file.write(json.dumps(rec) + "\n")
+                        metrics_file.flush()
+                        self.run.metrics.append(rec)
+                        self.progress.note(" ".join(f"{k}={v:.3f}" for k, v in rec.items() if isinstance(v, float)))
+                        self.plugins.hook.facedapt_on_step_end(run=self.run, step=step, metrics=rec)
                 if spec.select_on is not None and t.eval_every and step % t.eval_every == 0 and step < spec.steps:
                     best = self._select(spec, best, step)
                     method.train(True)
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and step < spec.steps:
                     self._save(spec, step, optimizers, schedulers, scaler, src_sampler, tgt_sampler, best, history, partner_gen)
-                if self.stop_signal is not None and step < spec.steps:
+                # A signal may reach the ranks a step apart: agree, so that all stop at this step.
+                stop = distributed.any_true(self.stop_signal is not None, device) if world > 1 else self.stop_signal is not None
+                if stop and step < spec.steps:
                     self._save(spec, step, optimizers, schedulers, scaler, src_sampler, tgt_sampler, best, history, partner_gen)
-                    raise Interrupted(f"stopped by {self.stop_signal} at {spec.phase} step {step}; checkpoint saved. "
+                    raise Interrupted(f"stopped by {self.stop_signal or 'a signal'} at {spec.phase} step {step}; checkpoint saved. "
                                       f"Resume with: facedapt run {self.run.run_dir / 'recipe.yaml'} "
                                       f"--run-dir {self.run.run_dir} --resume")
         finally:
-            metrics_file.close()
+            if metrics_file is not None:
+                metrics_file.close()
             self.progress.finish()
+        # Batch-norm statistics are updated per rank from its slice: evaluate and save rank 0's.
+        distributed.broadcast_state(method.models.values(), buffers_only=True)
         if spec.select_on is not None:
             best = self._select(spec, best, step)
             if best is not None and best["step"] != step:
@@ -183,6 +204,7 @@ class PhaseRunner:
 
     def _select(self, spec: PhaseSpec, best: dict | None, step: int) -> dict | None:
         assert spec.select_on is not None
+        distributed.broadcast_state(self.method.models.values(), buffers_only=True)
         dom = spec.select_on
         out = predict_domain(self.method, dom, self.device, self.recipe.eval.batch_size,
                              self.amp, domain_name=spec.select_domain)
@@ -195,6 +217,11 @@ class PhaseRunner:
     def _save(self, spec: PhaseSpec, step: int, optimizers: dict, schedulers: list, scaler: Any,
               src_sampler: EndlessSampler, tgt_sampler: EndlessSampler | None, best: Any, history: list,
               partner_gen: torch.Generator) -> None:
+        # Every rank calls this (the RNG states are gathered); only rank 0 writes.
+        rng = checkpoint.rng_state()
+        rng_ranks = distributed.gather_objects(rng) if distributed.is_distributed() else []
+        if not distributed.is_main():
+            return
         state = {
             "phase": spec.phase,
             "target": self.run.target or "",
@@ -204,7 +231,8 @@ class PhaseRunner:
             "schedulers": [s.state_dict() for s in schedulers],
             "scaler": scaler.state_dict() if scaler is not None else {},
             "samplers": {"source": src_sampler.state_dict(), "target": tgt_sampler.state_dict() if tgt_sampler else {}},
-            "rng": checkpoint.rng_state(),
+            "rng": rng,
+            "rng_ranks": rng_ranks,
             "partner_rng": partner_gen.get_state(),
             "best": best,
             "history": history,
@@ -225,7 +253,9 @@ class PhaseRunner:
         src_sampler.load_state_dict(state["samplers"]["source"])
         if tgt_sampler is not None:
             tgt_sampler.load_state_dict(state["samplers"]["target"])
-        checkpoint.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        rank = distributed.rank()
+        checkpoint.set_rng_state(ranks[rank] if len(ranks) == distributed.world_size() else state["rng"])
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -1,0 +1,196 @@
+"""What the speed benchmarks share: the engine's training step built as the engine builds it.
+
+:func:`build_bench` goes through the same calls as ``facedapt.engine.run.Runner``: the recipe
+with overrides, the plugins, the dataset (materialized through the cache), the protocol's
+split, ``build_method``, the models moved to the device (channels_last where the recipe asks),
+a ``PhaseRunner`` and the phase's optimizers and ``StepContext``. :meth:`Bench.step` is the body
+of ``PhaseRunner.run_phase``'s loop (gather, partners, augmentation, target batch,
+``train_step``, schedulers), so timing it times the engine's step without its logging.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import facedapt
+from facedapt.data.batches import EndlessSampler, PartnerTable, gather
+from facedapt.data.splits import SplitRequest, Target
+from facedapt.engine.context import StepContext
+from facedapt.engine.precision import resolve_precision
+from facedapt.engine.run import Run, build_method, materialize_dataset
+from facedapt.engine.trainer import PhaseRunner, seed_of
+from facedapt.method import StepBatch
+from facedapt.plugin_manager import Plugins, get_plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_DATA: dict[str, Any] = {}  # dataset component -> (samples, targets, num_classes): built once per process
+
+
+def threads_from_env() -> int:
+    """Intra-op threads: OMP_NUM_THREADS if set, else 1 (a shared 2-core machine spin-waits with 2)."""
+    n = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(n)
+    return n
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}"
+
+
+def maxrss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def recipe_overrides(precision: str, channels_last: bool, batch: int = 64, image_size: int = 64,
+                     targets: int = 1, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    return [f"train.precision={precision}", f"train.channels_last={str(channels_last).lower()}",
+            f"train.batch_size={batch}", f"data.target_subjects={{first: {targets}}}",
+            f"data.dataset.image_size={image_size}", "device=cpu", *extra]
+
+
+class Bench:
+    """One method recipe at one precision and layout, ready to take training steps."""
+
+    def __init__(self, recipe: str, overrides: list[str], plugins: Plugins | None = None,
+                 phase: str | None = None) -> None:
+        self.loaded = facedapt.load_recipe(str(ROOT / "recipes" / f"{recipe}.yaml"), overrides)
+        r = self.recipe = self.loaded.recipe
+        self.plugins = plugins or get_plugins(r.plugins.block)
+        self.device = torch.device("cpu")
+        self.precision = resolve_precision(r.train.precision, self.device)
+        samples, targets, num_classes = load_data(self.plugins, r)
+        target: Target = targets[0]
+        first = target.source
+        torch.manual_seed(r.seed)
+        self.method = build_method(self.plugins, r, len(first.samples.subject_ids), first.samples.image_shape,
+                                   num_classes)
+        for m in self.method.models.values():
+            if r.train.channels_last:
+                m.to(self.device, memory_format=torch.channels_last)
+            else:
+                m.to(self.device)
+        # The adaptation step (source + target batch) for methods that adapt; else the source step.
+        self.phase = phase or ("adapt" if self.method.adapts else "source")
+        run = Run(r, self.loaded.resolved, Path("."), self.plugins, models=self.method.models)
+        run.phase, run.target = self.phase, (target.id if self.phase == "adapt" else None)
+        augs = [self.plugins.registry("augmentations").get(a.name)(**a.kwargs) for a in r.data.augment]
+        self.runner = PhaseRunner(r, self.plugins, self.method, self.device, self.precision, run, augs)
+        self.source = target.source
+        self.target = target.adapt if self.phase == "adapt" else None
+        t = r.train
+        steps = t.steps if self.phase == "adapt" else t.source_steps
+        self.optimizers, params, self.schedulers = self.runner._optimizers(self.phase)
+        self.ctx = StepContext(self.optimizers, params, self.runner.amp, None, t.grad_clip, t.nan_policy,
+                               max(steps, 1), self.phase)
+        self.src_sampler = EndlessSampler(self.source.indices, t.batch_size, seed_of(r.seed, self.phase, "source"))
+        self.tgt_sampler = (EndlessSampler(self.target.indices, t.target_batch_size or t.batch_size,
+                                           seed_of(r.seed, self.phase, "target")) if self.target is not None else None)
+        self.partners = PartnerTable(self.source.samples) if self.method.needs_partners else None
+        self.partner_gen = torch.Generator().manual_seed(0)
+        self.step_index = 0
+        if self.phase == "adapt":
+            self.method.start_adaptation(self._target_batches)
+        self.method.train(True)
+
+    @property
+    def images_per_step(self) -> int:
+        t = self.recipe.train
+        return t.batch_size + ((t.target_batch_size or t.batch_size) if self.target is not None else 0)
+
+    def _target_batches(self) -> Any:
+        assert self.target is not None
+        idx = self.target.indices
+        for start in range(0, len(idx), 256):
+            yield self.target.samples.images[idx[start:start + 256]].float().div_(127.5).sub_(1.0)
+
+    def batch(self) -> StepBatch:
+        """The step's batches, gathered exactly as PhaseRunner.run_phase gathers them."""
+        r, t, cl = self.recipe, self.recipe.train, self.recipe.train.channels_last
+        gidx = self.src_sampler.next_global()
+        sb = gather(self.source.samples, gidx, self.device, channels_last=cl)
+        if self.partners is not None:
+            sb.partner = gather(self.source.samples, self.partners.draw(gidx, self.partner_gen), self.device,
+                                channels_last=cl)
+        sb = self.runner._augment(sb, seed_of(r.seed, self.phase, self.step_index, "aug"))
+        tb = None
+        if self.tgt_sampler is not None and self.target is not None:
+            uses = self.method.uses_target_labels
+            tb = gather(self.target.samples, self.tgt_sampler.next(), self.device, labels=uses,
+                        pose=uses or r.data.use_target_pose, channels_last=cl)
+            if r.data.augment_target:
+                tb = self.runner._augment(tb, seed_of(r.seed, self.phase, self.step_index, "aug-t"))
+        return StepBatch(sb, tb)
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One iteration of the engine's loop; returns the step's losses."""
+        self.ctx.step, self.ctx.skipped = self.step_index, False
+        losses = self.method.train_step(self.batch(), self.ctx)
+        for sched in self.schedulers:
+            sched.step()
+        self.step_index += 1
+        return losses
+
+
+def load_data(plugins: Plugins, r: Any) -> tuple[Any, list[Target], int]:
+    """Dataset and split as Runner._load_data makes them, memoized per dataset and split."""
+    key = repr((r.data.dataset, r.data.target_subjects, r.data.source_val, r.data.target_holdout, r.seed))
+    if key not in _DATA:
+        samples = materialize_dataset(plugins, r.data.dataset, r.data.on_bad_image)
+        protocol = plugins.registry("protocols").get(r.data.protocol.name)(**r.data.protocol.kwargs)
+        request = SplitRequest(r.data.target_subjects, r.data.target_holdout, r.data.source_val, r.seed)
+        targets = protocol.split(samples, None, request)
+        _DATA[key] = (samples, targets, int(samples.expression.max()) + 1)
+    return _DATA[key]
+
+
+def timed_steps(bench: Bench, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        bench.step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def interleaved(benches: dict[str, Bench], rounds: int, steps: int, warmup: int = 2,
+                progress: bool = True) -> dict[str, dict[str, float]]:
+    """Per-step seconds of every bench, measured round-robin so that every configuration sees the
+    same machine load; returns the median, quartiles and the load average per bench."""
+    for b in benches.values():
+        timed_steps(b, warmup)
+    times: dict[str, list[float]] = {k: [] for k in benches}
+    loads: list[float] = []
+    for i in range(rounds):
+        for k, b in benches.items():
+            times[k] += timed_steps(b, steps)
+        loads.append(os.getloadavg()[0])
+        if progress:
+            print(f"  round {i + 1}/{rounds} done (load {loads[-1]:.1f})", file=sys.stderr, flush=True)
+    out = {}
+    for k, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[k] = {"step_s": statistics.median(ts), "q1_s": q[0], "q3_s": q[2], "n": len(ts),
+                  "img_per_s": benches[k].images_per_step / statistics.median(ts),
+                  "images_per_step": benches[k].images_per_step}
+    for v in out.values():
+        v["load_avg_1min"] = round(statistics.median(loads), 2)
+    return out

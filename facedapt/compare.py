@@ -1,0 +1,232 @@
+"""Aggregate results.json files into comparison tables (markdown, LaTeX, CSV).
+
+Runs are grouped (by default by recipe, method, selection rule and every swept key) and each
+group is summarized over seeds and target subjects: per seed, the mean over its subjects; the
+table gives the mean and standard deviation of those per-seed means, and the spread (standard
+deviation) over subjects of their per-subject means. A group's runs may each hold all
+subjects of a seed (plain runs) or one subject each (sweep jobs): both give the same numbers.
+Every table names the model selection rule of its rows.
+
+Used by ``facedapt compare`` and by ``benchmarks/compare.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from facedapt.errors import UsageError
+
+METRICS = ("accuracy", "uar", "macro_f1")
+#: Keys a sweep records per job that are averaged over, never grouped by.
+AVERAGED = ("seed", "subject")
+
+
+@attrs.define
+class RunResult:
+    path: Path
+    results: dict[str, Any]
+    swept: dict[str, Any] = attrs.field(factory=dict)  # from a sweep job's job.json
+
+    def field(self, key: str) -> Any:
+        if key in self.swept:
+            return self.swept[key]
+        return self.results.get(key)
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[RunResult]:
+    """Every run-level results.json under ``paths`` (files or directories, searched
+    recursively); per-subject results (subjects/<id>/results.json) are not runs."""
+    found: list[RunResult] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UsageError(f"{p}: no such file or directory")
+        files = [p] if p.is_file() else sorted(p.rglob("results.json"))
+        for f in files:
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"{f}: not a readable results.json ({exc})") from None
+            if not isinstance(data, dict) or "per_subject" not in data:
+                continue
+            found.append(RunResult(f, data, _swept(f)))
+    return found
+
+
+def _swept(results_file: Path) -> dict[str, Any]:
+    for d in (results_file.parent, results_file.parent.parent):  # <job>/run/results.json
+        job = d / "job.json"
+        if job.is_file():
+            try:
+                return dict(json.loads(job.read_text(encoding="utf-8")).get("swept", {}))
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
+def default_keys(runs: Sequence[RunResult]) -> list[str]:
+    swept = sorted({k for r in runs for k in r.swept if k not in AVERAGED})
+    return ["recipe", "method", *[k for k in swept if k not in ("recipe", "method")], "selection"]
+
+
+def group_runs(runs: Sequence[RunResult], keys: Sequence[str]) -> dict[tuple, list[RunResult]]:
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault(tuple(_cell(r.field(k)) for k in keys), []).append(r)
+    return groups
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def _std(xs: Sequence[float]) -> float:
+    return statistics.pstdev(xs) if len(xs) > 1 else 0.0
+
+
+def summarize_group(results: Sequence[dict[str, Any]], baseline: dict[str, float] | None = None) -> dict[str, Any]:
+    """One row from a group's results.json contents: mean and std over seeds of the per-seed
+    mean over subjects, per subject and per yaw means, leakage, adaptation time; with
+    ``baseline`` (subject -> accuracy), each subject's change against it."""
+    by_seed: dict[Any, dict[str, dict[str, float]]] = {}
+    for res in results:
+        by_seed.setdefault(res.get("seed"), {}).update(res["per_subject"])
+    seed_means = {m: [_mean(v.get(m) for v in subj.values()) for subj in by_seed.values()] for m in METRICS}
+    subjects = sorted({sid for subj in by_seed.values() for sid in subj}, key=_natural)
+    per_subject = {sid: _mean(subj[sid]["accuracy"] for subj in by_seed.values() if sid in subj) for sid in subjects}
+    yaws = sorted({y for r in results for y in r.get("per_yaw", {})}, key=lambda y: int(y))
+    leak_keys = sorted({k for r in results for k in (r.get("leakage") or {})})
+    adapt = [s for r in results for s in (r.get("timing", {}).get("per_subject_adapt") or {}).values()]
+    row: dict[str, Any] = {
+        "runs": len(results), "seeds": len(by_seed), "subjects": len(subjects),
+        "selection": sorted({str(r.get("selection")) for r in results}),
+        "subject_std": _std(list(per_subject.values())),
+        "per_subject": per_subject,
+        "per_yaw": {y: _mean(r["per_yaw"][y] for r in results if y in r.get("per_yaw", {})) for y in yaws},
+        "leakage": {k: _mean(r["leakage"][k] for r in results if k in (r.get("leakage") or {})) for k in leak_keys},
+        "adapt_seconds_per_subject": _mean(adapt),
+    }
+    for m in METRICS:
+        row[f"{m}_mean"], row[f"{m}_std"] = _mean(seed_means[m]), _std([x for x in seed_means[m] if not math.isnan(x)])
+    if baseline is not None:
+        row["per_subject_delta"] = {sid: acc - baseline[sid] for sid, acc in per_subject.items() if sid in baseline}
+    return row
+
+
+def _natural(s: str) -> tuple:
+    return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
+
+
+def compare(paths: Iterable[str | Path], keys: Sequence[str] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Find, group and summarize; returns the grouping keys and one row per group (each row
+    with its key values under "key")."""
+    runs = find_runs(paths)
+    if not runs:
+        raise UsageError("no results.json of a finished run found under " + ", ".join(map(str, paths)))
+    keys = list(keys) if keys else default_keys(runs)
+    rows = []
+    for values, members in group_runs(runs, keys).items():
+        rows.append({"key": dict(zip(keys, values)), **summarize_group([m.results for m in members])})
+    return keys, rows
+
+
+def selection_note(rows: Sequence[dict[str, Any]]) -> str:
+    rules = sorted({s for r in rows for s in r["selection"]})
+    text = f"model selection rule: {', '.join(f'`{s}`' for s in rules)}"
+    if "oracle" in rules:
+        text += " (oracle chooses on target labels: an upper bound, not a result)"
+    if len(rules) > 1:
+        text += "; rows differ in selection rule"
+    return text
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def table_rows(keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the comparison table (percent, one decimal)."""
+    shown = [k for k in keys if k != "selection"]
+    header = [*shown, "selection", "seeds", "subjects", "accuracy % (mean ± std over seeds)", "UAR %", "macro-F1 %",
+              "spread over subjects"]
+    cells = []
+    for r in rows:
+        cells.append([*(r["key"][k] for k in shown), ",".join(r["selection"]), str(r["seeds"]), str(r["subjects"]),
+                      f"{_pct(r['accuracy_mean'])} ± {_pct(r['accuracy_std'])}",
+                      f"{_pct(r['uar_mean'])} ± {_pct(r['uar_std'])}",
+                      f"{_pct(r['macro_f1_mean'])} ± {_pct(r['macro_f1_std'])}", _pct(r["subject_std"])])
+    return header, cells
+
+
+def render(keys: Sequence[str], rows: Sequence[dict[str, Any]], fmt: str = "md", caption: str = "") -> str:
+    """The table in ``md``, ``latex`` or ``csv``; the caption (markdown/LaTeX) or a comment
+    line (CSV) names the selection rule."""
+    note = selection_note(rows)
+    caption = f"{caption}; {note}" if caption else note[0].upper() + note[1:]
+    header, cells = table_rows(keys, rows)
+    if fmt == "md":
+        return markdown(header, cells, caption)
+    if fmt == "latex":
+        return latex(header, cells, caption)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        buf.write(f"# {caption.replace('`', '')}\n")
+        w.writerow(header)
+        w.writerows([[c.replace(" ± ", "±") for c in row] for row in cells])
+        return buf.getvalue()
+    raise UsageError(f"--format {fmt!r}: expected md, latex or csv")
+
+
+def markdown(header: Sequence[str], cells: Sequence[Sequence[str]], caption: str = "") -> str:
+    out = [caption, ""] if caption else []
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(out) + "\n"
+
+
+def latex(header: Sequence[str], cells: Sequence[Sequence[str]], caption: str = "") -> str:
+    def esc(s: str) -> str:
+        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                     ("{", r"\{"), ("}", r"\}")):
+            s = s.replace(a, b)
+        return s.replace("±", r"$\pm$").replace("`", "")
+
+    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule",
+           " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    out += [" & ".join(esc(c) for c in row) + r" \\" for row in cells]
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        out.append(r"\caption{" + esc(caption) + "}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def breakdowns(rows: dict[str, dict[str, Any]], subjects: Sequence[str], yaws: Sequence[str]) -> str:
+    """Markdown tables of accuracy per target subject (with the change against the baseline
+    where rows carry ``per_subject_delta``) and per yaw; rows keyed by their label."""
+    out = ["Per target subject: accuracy % (change against source-only, points)", "",
+           "| method | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
+    for label, r in rows.items():
+        delta = r.get("per_subject_delta", {})
+        cells = [f"{_pct(r['per_subject'].get(s, float('nan')))} ({100 * delta.get(s, 0):+.1f})" for s in subjects]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", "Per yaw (degrees): accuracy %", "", "| method | " + " | ".join(yaws) + " |", "|---|" + "---|" * len(yaws)]
+    for label, r in rows.items():
+        out.append(f"| {label} | " + " | ".join(_pct(r["per_yaw"].get(y, float("nan"))) for y in yaws) + " |")
+    return "\n".join(out) + "\n"
