@@ -56,8 +56,20 @@ def machine() -> str:
 
 
 def maxrss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, in MiB.
+
+    VmHWM where /proc has it: Linux carries ``getrusage``'s maxrss across exec, so a child
+    forked from a big parent would report the parent's peak; VmHWM belongs to the child's own
+    address space.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def recipe_overrides(precision: str, channels_last: bool, batch: int = 64, image_size: int = 64,
@@ -162,12 +174,14 @@ def load_data(plugins: Plugins, r: Any) -> tuple[Any, list[Target], int]:
     return _DATA[key]
 
 
-def timed_steps(bench: Bench, n: int) -> list[float]:
+def timed_steps(bench: Bench, n: int) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of ``n`` steps. With one thread the CPU time is the step's
+    work; the wall time adds what other jobs on the machine took from it."""
     out = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         bench.step()
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
 
@@ -177,7 +191,7 @@ def interleaved(benches: dict[str, Bench], rounds: int, steps: int, warmup: int 
     same machine load; returns the median, quartiles and the load average per bench."""
     for b in benches.values():
         timed_steps(b, warmup)
-    times: dict[str, list[float]] = {k: [] for k in benches}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in benches}
     loads: list[float] = []
     for i in range(rounds):
         for k, b in benches.items():
@@ -186,11 +200,39 @@ def interleaved(benches: dict[str, Bench], rounds: int, steps: int, warmup: int 
         if progress:
             print(f"  round {i + 1}/{rounds} done (load {loads[-1]:.1f})", file=sys.stderr, flush=True)
     out = {}
-    for k, ts in times.items():
+    for k, pairs in times.items():
+        ts = [w for w, _ in pairs]
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
-        out[k] = {"step_s": statistics.median(ts), "q1_s": q[0], "q3_s": q[2], "n": len(ts),
-                  "img_per_s": benches[k].images_per_step / statistics.median(ts),
+        med = statistics.median(ts)
+        out[k] = {"step_s": round(med, 4), "q1_s": round(q[0], 4), "q3_s": round(q[2], 4), "n": len(ts),
+                  "cpu_step_s": round(statistics.median(c for _, c in pairs), 4),
+                  "img_per_s": round(benches[k].images_per_step / med, 1),
                   "images_per_step": benches[k].images_per_step}
     for v in out.values():
         v["load_avg_1min"] = round(statistics.median(loads), 2)
     return out
+
+
+#: docs/benchmarks.md sections refreshed from the results files: marker -> (file, text when absent).
+DOC_SECTIONS = {
+    "speed": ("speed.md", "No speed results yet: run `python benchmarks/speed.py`."),
+    "warm_start": ("warm_start.md", "No warm-start results yet: run `python benchmarks/warm_start.py`."),
+    "compare": ("compare.md", "The comparison table appears here once `python benchmarks/compare.py` has written "
+                              "benchmarks/results/compare.md (refresh with `python benchmarks/speed.py --docs-only`)."),
+}
+
+
+def update_docs(page: Path = ROOT / "docs" / "benchmarks.md", results: Path = ROOT / "benchmarks" / "results") -> None:
+    """Paste the latest results tables into the page, between ``<!-- name:start -->`` and
+    ``<!-- name:end -->`` markers (the text around them is written by hand)."""
+    text = page.read_text(encoding="utf-8")
+    for name, (file, absent) in DOC_SECTIONS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            continue
+        src = results / file
+        body = src.read_text(encoding="utf-8").strip() if src.is_file() else absent
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{body}\n{end}{tail}"
+    page.write_text(text, encoding="utf-8")

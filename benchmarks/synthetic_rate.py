@@ -24,6 +24,32 @@ from facedapt_plugins.datasets.synthetic import GENERATOR_VERSION, SyntheticFace
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def measure(sizes: list[int], threads: list[int], subjects: int = 6, repeats: int = 5) -> list[dict]:
+    """Generation rate rows, one per (image size, thread count): median wall and CPU seconds of
+    ``repeats`` generations of ``subjects`` subjects, after one warm-up generation."""
+    rows = []
+    for size in sizes:
+        ds = SyntheticFaces("default", image_size=size, num_subjects=subjects)
+        n = len(ds)
+        for th in threads:
+            torch.set_num_threads(th)
+            ds.load()  # warm-up: first-call allocations are not the generator's rate
+            wall, cpu, load = [], [], []
+            for _ in range(repeats):
+                c0, t0 = time.process_time(), time.perf_counter()
+                ds.load()
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+                load.append(os.getloadavg()[0])
+            median = statistics.median(wall)
+            rows.append({"image_size": size, "channels": 3, "faces": n, "threads": th,
+                         "seconds_median": round(median, 3), "faces_per_s": round(n / median, 1),
+                         "seconds_min": round(min(wall), 3), "seconds_max": round(max(wall), 3),
+                         "cpu_seconds_median": round(statistics.median(cpu), 3),
+                         "load_average_1min": round(statistics.median(load), 1), "repeats": repeats})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subjects", type=int, default=6, help="subjects per run (x 7 expr x 2 x 13 views)")
@@ -35,26 +61,7 @@ def main() -> None:
     threads = sorted({int(t) for t in args.threads.split(",")})
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    rows = []
-    for size in sizes:
-        ds = SyntheticFaces("default", image_size=size, num_subjects=args.subjects)
-        n = len(ds)
-        for th in threads:
-            torch.set_num_threads(th)
-            ds.load()  # warm-up: first-call allocations are not the generator's rate
-            wall, cpu, load = [], [], []
-            for _ in range(args.repeats):
-                c0, t0 = time.process_time(), time.perf_counter()
-                ds.load()
-                wall.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)
-                load.append(os.getloadavg()[0])
-            median = statistics.median(wall)
-            rows.append({"image_size": size, "channels": 3, "faces": n, "threads": th,
-                         "seconds_median": round(median, 3), "faces_per_s": round(n / median, 1),
-                         "seconds_min": round(min(wall), 3), "seconds_max": round(max(wall), 3),
-                         "cpu_seconds_median": round(statistics.median(cpu), 3),
-                         "load_average_1min": round(statistics.median(load), 1), "repeats": args.repeats})
+    rows = measure(sizes, threads, args.subjects, args.repeats)
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
