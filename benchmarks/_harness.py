@@ -89,7 +89,7 @@ class Bench:
         self.plugins = plugins or get_plugins(r.plugins.block)
         self.device = torch.device("cpu")
         self.precision = resolve_precision(r.train.precision, self.device)
-        samples, targets, num_classes = load_data(self.plugins, r)
+        _samples, targets, num_classes = load_data(self.plugins, r)
         target: Target = targets[0]
         first = target.source
         torch.manual_seed(r.seed)
@@ -136,7 +136,7 @@ class Bench:
 
     def batch(self) -> StepBatch:
         """The step's batches, gathered exactly as PhaseRunner.run_phase gathers them."""
-        r, t, cl = self.recipe, self.recipe.train, self.recipe.train.channels_last
+        r, cl = self.recipe, self.recipe.train.channels_last
         gidx = self.src_sampler.next_global()
         sb = gather(self.source.samples, gidx, self.device, channels_last=cl)
         if self.partners is not None:
@@ -217,8 +217,8 @@ def interleaved(benches: dict[str, Bench], rounds: int, steps: int, warmup: int 
 DOC_SECTIONS = {
     "speed": ("speed.md", "No speed results yet: run `python benchmarks/speed.py`."),
     "warm_start": ("warm_start.md", "No warm-start results yet: run `python benchmarks/warm_start.py`."),
-    "compare": ("compare.md", "The comparison table appears here once `python benchmarks/compare.py` has written "
-                              "benchmarks/results/compare.md (refresh with `python benchmarks/speed.py --docs-only`)."),
+    "compare": ("compare.md", ("The comparison table appears here once `python benchmarks/compare.py` has written "
+                              "benchmarks/results/compare.md (refresh with `python benchmarks/speed.py --docs-only`).")),
 }
 
 

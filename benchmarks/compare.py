@@ -53,8 +53,10 @@ def configuration(full: bool) -> dict:
     return {"targets": 6, "seeds": 3, "ablation_seeds": 1, "overrides": []}
 
 
-def run(recipe: str, run_dir: Path, overrides: list[str], threads: int) -> dict:
+def run(recipe: str, run_dir: Path, overrides: list[str], threads: int, start: bool = True) -> dict | None:
     done = run_dir / "results.json"
+    if not done.is_file() and not start:
+        return None
     if not done.is_file():
         cmd = [sys.executable, "-m", "facedapt", "-q", "run", str(ROOT / "recipes" / f"{recipe}.yaml"), *overrides,
                "--run-dir", str(run_dir)]
@@ -79,6 +81,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads per run")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / "compare")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
+    ap.add_argument("--report-only", action="store_true",
+                    help="tabulate the runs that have finished so far, start nothing")
     ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
     args = ap.parse_args()
     cfg = configuration(args.full)
@@ -92,8 +96,9 @@ def main() -> None:
     base_dirs = {seed: args.workdir / f"seed{seed}" / "pada" for seed in range(seeds)}
     with ThreadPoolExecutor(args.jobs) as pool:
         # The source model of each seed first (every row starts from it), then all rows.
-        bases = dict(zip(base_dirs, pool.map(lambda s: run("pada", base_dirs[s], [f"seed={s}", *common], args.threads),
-                                             base_dirs)))
+        start = not args.report_only
+        bases = dict(zip(base_dirs, pool.map(
+            lambda s: run("pada", base_dirs[s], [f"seed={s}", *common], args.threads, start), base_dirs)))
         jobs = []
         for seed in range(seeds):
             warm = [f"train.init_from={base_dirs[seed] / 'source' / 'model.pt'}", "train.source_steps=0"]
@@ -101,12 +106,15 @@ def main() -> None:
                 if row == "pada" or (row in ABLATIONS and seed >= ab_seeds):
                     continue
                 jobs.append((row, seed, [f"seed={seed}", *common, *warm]))
-        outcomes = list(pool.map(lambda j: run(j[0], args.workdir / f"seed{j[1]}" / j[0], j[2], args.threads), jobs))
+        jobs.sort(key=lambda j: (j[0] in ABLATIONS, j[1]))  # every seed's main rows before ablations
+        outcomes = list(pool.map(lambda j: run(j[0], args.workdir / f"seed{j[1]}" / j[0], j[2], args.threads, start),
+                                 jobs))
     results: dict[str, list[dict]] = {r: [] for r in rows}
     for (row, _seed, _ov), res in zip(jobs, outcomes):
-        results[row].append(res)
+        if res is not None:
+            results[row].append(res)
     if "pada" in results:
-        results["pada"] = [bases[s] for s in range(seeds)]
+        results["pada"] = [bases[s] for s in range(seeds) if bases[s] is not None]
 
     report = summarize(results, seeds, ab_seeds, targets, common, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)

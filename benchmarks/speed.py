@@ -1,6 +1,6 @@
 """Speed benchmark suite: one command, every section of the speed benchmark.
 
-    python benchmarks/speed.py            # full (about 15 minutes on 2 cores)
+    python benchmarks/speed.py            # full (about 15 minutes on 2 cores with light load)
     python benchmarks/speed.py --quick    # fewer configurations and steps (about 5 minutes)
 
 Sections:
@@ -40,9 +40,8 @@ from typing import Any
 _STARTED = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-from _harness import (  # noqa: E402
+import torch
+from _harness import (
     ROOT,
     Bench,
     interleaved,
@@ -95,8 +94,8 @@ def throughput(quick: bool) -> dict[str, Any]:
     for name, p, cl in configs:
         recipe, extra = METHODS[name]
         benches[key(name, p, cl)] = Bench(recipe, recipe_overrides(p, cl, extra=extra))
-    rounds, steps = (2, 2) if quick else (3, 3)
-    stats = interleaved(benches, rounds=rounds, steps=steps)
+    rounds, steps = (2, 1) if quick else (2, 2)
+    stats = interleaved(benches, rounds=rounds, steps=steps, warmup=1)
     rows = {k: {"method": n, "precision": p, "channels_last": cl, **stats[key(n, p, cl)]}
             for k, (n, p, cl) in ((key(*c), c) for c in configs)}
     dk, pk, plain = key("dann", *default), key("pada", *default), key("dann", "fp32", False)
@@ -113,7 +112,7 @@ def throughput(quick: bool) -> dict[str, Any]:
                              "over_plain_adam_cpu": rows[key(n, *default)]["cpu_step_s"]
                              / rows[key(n.split(",")[0], *default)]["cpu_step_s"]} for n in DEFAULT_ONLY},
     }
-    check = engine_check(benches[dk], 6 if quick else 12)
+    check = engine_check(benches[dk], 4 if quick else 8)
     return {"rounds": rounds, "steps_per_round": steps, "default": {"precision": default[0], "channels_last": default[1]},
             "batch": {"source": 64, "target": 64}, "image_size": 64, "backbone": "convnet (width 32)",
             "rows": rows, "ratios": {k: (round(v, 3) if isinstance(v, float) else
@@ -184,7 +183,7 @@ def child(kind: str, spec: dict) -> None:
 
 def spawn(kind: str, spec: dict, env: dict | None = None) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--spec", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--spec", json.dumps(spec)], check=False,
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -205,19 +204,19 @@ def first_step() -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- 4. memory
 def memory(quick: bool) -> dict[str, dict]:
-    names = ["source_only", "dann", "pada"] if quick else list(METHODS)
+    names = ["source_only", "dann", "pada"] if quick else ["source_only", "dann", "cdan", "pada", "pada no reconstruction"]
     out = {}
     for n in names:
         recipe, extra = METHODS[n]
         out[n] = spawn("memory", {"recipe": recipe, "overrides": recipe_overrides("bf16", True, extra=extra),
-                                  "steps": 3 if quick else 5})
+                                  "steps": 3})
         print(f"  memory {n}: {out[n]['peak_rss_mib']} MiB", file=sys.stderr, flush=True)
     return out
 
 
 # ----------------------------------------------------------------------------- 5. growth
 def growth(quick: bool) -> dict[str, list[dict]]:
-    steps = 8 if quick else 20
+    steps = 5 if quick else 10
     base = ["device=cpu", "eval.leakage_probe=false", "train.checkpoint_every=0", "train.eval_every=0",
             f"train.source_steps={steps}", f"train.steps={steps}"]
     axes = {
@@ -245,15 +244,15 @@ def growth(quick: bool) -> dict[str, list[dict]]:
 def render(rep: dict) -> str:
     tp = rep["throughput"]
     rows = tp["rows"]
-    lines = [f"Measured {rep['date']} on {rep['machine']}; {rep['threads']} thread(s); load average (1 min) "
+    lines = [(f"Measured {rep['date']} on {rep['machine']}; {rep['threads']} thread(s); load average (1 min) "
              f"{rep['load_avg_1min_start']} at the start, {rep['load_avg_1min_end']} at the end; "
-             f"`{rep['command']}` ({rep['seconds'] / 60:.1f} min).", "",
-             f"### Training throughput (img/s, median of {tp['rounds'] * tp['steps_per_round']} steps per cell, "
-             f"all cells round-robin in one process)", "",
-             "Batch 64 source + 64 target images (source-only: 64 source images; it does not adapt), 64x64 synthetic "
+             f"`{rep['command']}` ({rep['seconds'] / 60:.1f} min)."), "",
+             (f"### Training throughput (img/s, median of {tp['rounds'] * tp['steps_per_round']} steps per cell, "
+             f"all cells round-robin in one process)"), "",
+             ("Batch 64 source + 64 target images (source-only: 64 source images; it does not adapt), 64x64 synthetic "
              "faces, convnet backbone; img/s counts every image of the step. `cl` = channels_last. The last two columns "
              "are the median milliseconds per step at the default (bf16, channels_last): wall clock, and process CPU time "
-             "(the step's own work on one thread, less sensitive to other jobs).", "",
+             "(the step's own work on one thread, less sensitive to other jobs)."), "",
              "| method | " + " | ".join(f"{p}{' cl' if cl else ''}" for p, cl in LAYOUTS) + " | ms/step (wall) | ms/step (CPU) |",
              "|---|" + "---|" * (len(LAYOUTS) + 2)]
     for n in METHODS:
@@ -263,8 +262,8 @@ def render(rep: dict) -> str:
     r = tp["ratios"]
     lines += ["", "| ratio (default precision and layout) | wall | CPU | goal |", "|---|---|---|---|",
               f"| pada step / dann step | {r['pada_over_dann_wall']:.2f} | {r['pada_over_dann_cpu']:.2f} | <= 1.6 |",
-              f"| dann default / dann plain fp32 (throughput) | {r['dann_default_over_plain_wall']:.2f} | "
-              f"{r['dann_default_over_plain_cpu']:.2f} | >= 1.3 |"]
+              (f"| dann default / dann plain fp32 (throughput) | {r['dann_default_over_plain_wall']:.2f} | "
+              f"{r['dann_default_over_plain_cpu']:.2f} | >= 1.3 |")]
     for n, v in r["switches"].items():
         lines.append(f"| {n} / pada | {v['over_pada_wall']:.2f} | {v['over_pada_cpu']:.2f} | (switch cost) |")
     for n, v in sorted(r["adam_foreach"].items()):
@@ -272,9 +271,9 @@ def render(rep: dict) -> str:
                      "| (optimizer option) |")
     ec = tp["engine_check"]
     dk = rows[key("dann", "bf16", True)]
-    lines += ["", f"Check: `PhaseRunner.run_phase` for the DANN default, {ec['steps']} steps: {1000 * ec['run_phase_step_s']:.0f} ms "
+    lines += ["", (f"Check: `PhaseRunner.run_phase` for the DANN default, {ec['steps']} steps: {1000 * ec['run_phase_step_s']:.0f} ms "
               f"per step wall, {1000 * ec['run_phase_cpu_step_s']:.0f} ms CPU (harness: {1000 * dk['step_s']:.0f} / "
-              f"{1000 * dk['cpu_step_s']:.0f} ms)."]
+              f"{1000 * dk['cpu_step_s']:.0f} ms).")]
     lines += ["", "### Synthetic generation rate", "", "| image size | threads | faces | median s | faces/s | CPU s |",
               "|---|---|---|---|---|---|"]
     for g in rep["generation"]:
@@ -292,14 +291,14 @@ def render(rep: dict) -> str:
     for n, m in rep["memory"].items():
         lines.append(f"| {n} | {m['rss_built_mib']:.0f} | {m['peak_rss_mib']:.0f} |")
     gr = rep["growth"]
-    lines += ["", f"### Growth (whole `{gr['recipe']}` run, {gr['steps']} source + {gr['steps']} adaptation steps, "
-              "a fresh process per point, dataset cache warm)", "",
+    lines += ["", (f"### Growth (whole `{gr['recipe']}` run, {gr['steps']} source + {gr['steps']} adaptation steps, "
+              "a fresh process per point, dataset cache warm)"), "",
               "| varied | value | data load s | source training s | adaptation s per target | total s | peak RSS MiB |",
               "|---|---|---|---|---|---|---|"]
     for axis, points in gr["axes"].items():
         for p in points:
             t = p["timing"]
-            lines.append(f"| {axis.replace('_', ' ')} | {p[axis]} | {t['data']:.1f} | {t['source']:.1f} | "
+            lines.append(f"| {axis.replace('_', ' ')} | {p[axis]} | {t['data']:.2f} | {t['source']:.1f} | "
                          f"{p['adapt_s_per_subject']:.1f} | {t['total']:.1f} | {p['peak_rss_mib']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from facedapt_plugins.datasets.synthetic import GENERATOR_VERSION, SyntheticFaces
 
 ROOT = Path(__file__).resolve().parents[1]

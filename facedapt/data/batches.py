@@ -89,13 +89,8 @@ def balanced_weights(samples: Samples, indices: torch.Tensor) -> torch.Tensor:
 
 def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], on whatever device ``images`` is on."""
-    if channels_last and images.dim() == 4:
-        # Convert straight into the channels_last buffer: one pass instead of convert-then-relayout.
-        out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=torch.channels_last)
-        out.copy_(images)
-    else:
-        out = images.to(torch.float32)
-    return out.mul_(1.0 / 127.5).sub_(1.0)
+    out = images.to(torch.float32).mul_(1.0 / 127.5).sub_(1.0)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def gather(samples: Samples, index: torch.Tensor, device: torch.device, *, labels: bool = True, pose: bool = True,

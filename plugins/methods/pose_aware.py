@@ -381,15 +381,10 @@ class PoseAwareADA(Method):
         if "identity" in m and all(s is not None for s in subjects):
             parts.append(m["identity"](torch.cat(subjects)))
         reconstruction = m["decoder"](torch.cat(parts, 1)).float()
-        # Downsampled per part, then joined: the same pixels, without copying full-size images.
-        goal = torch.cat([self._rec_goal(x) for x in images])
+        goal = torch.cat(images).float()
+        if goal.shape[-1] != self.rec_size:
+            goal = F.interpolate(goal, size=(self.rec_size, self.rec_size), mode="area")
         return self.rec_loss(reconstruction, goal)
-
-    def _rec_goal(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.float()
-        if images.shape[-1] != self.rec_size:
-            images = F.interpolate(images, size=(self.rec_size, self.rec_size), mode="area")
-        return images
 
 
 class _no_param_grad:
