@@ -95,10 +95,12 @@ def main() -> None:
     started = time.perf_counter()
     base_dirs = {seed: args.workdir / f"seed{seed}" / "pada" for seed in range(seeds)}
     with ThreadPoolExecutor(args.jobs) as pool:
-        # The source model of each seed first (every row starts from it), then all rows.
+        # Each seed's source model first (its rows start from it); rows of a seed whose model
+        # is ready run while later seeds' models still train. Bases are queued first, so a
+        # row waiting for its base never starves it.
         start = not args.report_only
-        bases = dict(zip(base_dirs, pool.map(
-            lambda s: run("pada", base_dirs[s], [f"seed={s}", *common], args.threads, start), base_dirs)))
+        base_futures = {s: pool.submit(run, "pada", base_dirs[s], [f"seed={s}", *common], args.threads, start)
+                        for s in base_dirs}
         jobs = []
         for seed in range(seeds):
             warm = [f"train.init_from={base_dirs[seed] / 'source' / 'model.pt'}", "train.source_steps=0"]
@@ -107,8 +109,15 @@ def main() -> None:
                     continue
                 jobs.append((row, seed, [f"seed={seed}", *common, *warm]))
         jobs.sort(key=lambda j: (j[0] in ABLATIONS, j[1]))  # every seed's main rows before ablations
-        outcomes = list(pool.map(lambda j: run(j[0], args.workdir / f"seed{j[1]}" / j[0], j[2], args.threads, start),
-                                 jobs))
+
+        def after_base(job: tuple) -> dict | None:
+            row, seed, overrides = job
+            if base_futures[seed].result() is None:  # report-only and the base is unfinished
+                return None
+            return run(row, args.workdir / f"seed{seed}" / row, overrides, args.threads, start)
+
+        outcomes = list(pool.map(after_base, jobs))
+        bases = {s: f.result() for s, f in base_futures.items()}
     results: dict[str, list[dict]] = {r: [] for r in rows}
     for (row, _seed, _ov), res in zip(jobs, outcomes):
         if res is not None:
