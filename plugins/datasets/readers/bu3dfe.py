@@ -50,7 +50,6 @@ class BU3DFE(Reader):
     name = "bu3dfe"
     layout = "F0001/F0001_AN01WH_F2D.bmp (or manifest: renders.csv)"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
     manifest: str | None = attrs.field(default=None, kw_only=True)  # CSV/JSONL of rendered views
     intensities: list[int] | None = attrs.field(default=None, kw_only=True)  # None: 1..4 (neutral always)
 

@@ -51,7 +51,6 @@ class CKPlus(Reader):
     name = "ckplus"
     layout = f"{IMAGES_DIR}/S005/001/S005_001_00000011.png and Emotion/S005/001/S005_001_00000011_emotion.txt"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
     frames: int = attrs.field(default=1, kw_only=True)
     first_as_neutral: bool = attrs.field(default=False, kw_only=True)
 

@@ -193,6 +193,9 @@ class Reader:
     image_size: int = attrs.field(default=64, validator=_check_size)
     channels: int = attrs.field(default=3, validator=_check_channels)
     on_bad_image: str = attrs.field(default="fail", validator=_check_mode)
+    # Native label -> canonical name (or None to drop), on top of the reader's own table;
+    # readers of unlabelled data ignore it.
+    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
 
     # -- to implement
     def records(self, report: Reporter) -> list[Record]:

@@ -41,7 +41,6 @@ class FER2013(Reader):
     name = "fer2013"
     layout = "fer2013.csv with columns emotion,pixels,Usage"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
     usage: list[str] | None = attrs.field(default=None, kw_only=True)  # None: all three parts
 
     def __attrs_post_init__(self) -> None:

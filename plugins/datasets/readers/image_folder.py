@@ -44,7 +44,6 @@ class ImageFolder(Reader):
     layout = "ROOT/<expression>/<image>"
 
     pattern: str | None = attrs.field(default=None, kw_only=True)
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)  # folder -> canonical
 
     def __attrs_post_init__(self) -> None:
         overrides = {k.lower(): v for k, v in (self.expression_map or {}).items()}

@@ -32,7 +32,6 @@ class JAFFE(Reader):
     name = "jaffe"
     layout = "KA.AN1.39.tiff"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self._table = expression_table(self.name, NATIVE, self.expression_map)

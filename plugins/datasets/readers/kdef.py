@@ -43,7 +43,6 @@ class KDEF(Reader):
     name = "kdef"
     layout = "KDEF/AF01/AF01ANFL.JPG"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
     angles: list[str] | None = attrs.field(default=None, kw_only=True)  # None: all five
     sessions: list[str] | None = attrs.field(default=None, kw_only=True)  # None: A and B
 

@@ -137,7 +137,6 @@ class Manifest(Reader):
     layout = "a manifest.csv or .jsonl with a path column"
 
     path: str | None = attrs.field(default=None, kw_only=True)  # default: ROOT/manifest.csv
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)  # extra names
     split: str | list[str] | None = attrs.field(default=None, kw_only=True)  # keep only these splits
 
     def __attrs_post_init__(self) -> None:

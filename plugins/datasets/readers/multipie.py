@@ -50,7 +50,6 @@ class MultiPIE(Reader):
     name = "multipie"
     layout = "session0S/multiview/SSS/RR/CC_C/SSS_0S_RR_CCC_II.png"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
     cameras: list[str] | None = attrs.field(default=None, kw_only=True)  # None: the 13 head-height ones
     illuminations: list[int] | None = attrs.field(default=None, kw_only=True)  # None: all 20 flashes
     sessions: list[int] | None = attrs.field(default=None, kw_only=True)

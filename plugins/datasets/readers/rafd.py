@@ -42,7 +42,6 @@ class RaFD(Reader):
     name = "rafd"
     layout = "Rafd090_01_Caucasian_female_angry_frontal.jpg"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
     cameras: list[str] | None = attrs.field(default=None, kw_only=True)  # None: all five
     gazes: list[str] | None = attrs.field(default=None, kw_only=True)  # None: frontal, left, right
 

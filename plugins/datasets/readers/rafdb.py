@@ -39,7 +39,6 @@ class RAFDB(Reader):
     name = "rafdb"
     layout = f"{LIST_FILE} and Image/aligned/train_00001_aligned.jpg"
 
-    expression_map: dict[str, str | None] | None = attrs.field(default=None, kw_only=True)
     images: str = attrs.field(default="aligned", kw_only=True)
     partition: str | None = attrs.field(default=None, kw_only=True)  # None: train and test
 
