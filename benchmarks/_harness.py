@@ -24,7 +24,7 @@ import facedapt
 from facedapt.data.batches import EndlessSampler, PartnerTable, gather
 from facedapt.data.splits import SplitRequest, Target
 from facedapt.engine.context import StepContext
-from facedapt.engine.precision import resolve_precision
+from facedapt.engine.precision import pick_device, resolve_precision
 from facedapt.engine.run import Run, build_method, materialize_dataset
 from facedapt.engine.trainer import PhaseRunner, seed_of
 from facedapt.method import StepBatch
@@ -52,7 +52,8 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
 def maxrss_mib() -> float:
@@ -73,10 +74,10 @@ def maxrss_mib() -> float:
 
 
 def recipe_overrides(precision: str, channels_last: bool, batch: int = 64, image_size: int = 64,
-                     targets: int = 1, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+                     targets: int = 1, extra: list[str] | tuple[str, ...] = (), device: str = "cpu") -> list[str]:
     return [f"train.precision={precision}", f"train.channels_last={str(channels_last).lower()}",
             f"train.batch_size={batch}", f"data.target_subjects={{first: {targets}}}",
-            f"data.dataset.image_size={image_size}", "device=cpu", *extra]
+            f"data.dataset.image_size={image_size}", f"device={device}", *extra]
 
 
 class Bench:
@@ -87,7 +88,7 @@ class Bench:
         self.loaded = facedapt.load_recipe(str(ROOT / "recipes" / f"{recipe}.yaml"), overrides)
         r = self.recipe = self.loaded.recipe
         self.plugins = plugins or get_plugins(r.plugins.block)
-        self.device = torch.device("cpu")
+        self.device = pick_device(r.device)
         self.precision = resolve_precision(r.train.precision, self.device)
         _samples, targets, num_classes = load_data(self.plugins, r)
         target: Target = targets[0]
@@ -177,10 +178,14 @@ def load_data(plugins: Plugins, r: Any) -> tuple[Any, list[Target], int]:
 def timed_steps(bench: Bench, n: int) -> list[tuple[float, float]]:
     """(wall, process CPU) seconds of ``n`` steps. With one thread the CPU time is the step's
     work; the wall time adds what other jobs on the machine took from it."""
+    # CUDA kernels run asynchronously: wait for the step's work before reading the clock.
+    sync = torch.cuda.synchronize if bench.device.type == "cuda" else (lambda: None)
     out = []
+    sync()
     for _ in range(n):
         c0, t0 = time.process_time(), time.perf_counter()
         bench.step()
+        sync()
         out.append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
@@ -216,6 +221,8 @@ def interleaved(benches: dict[str, Bench], rounds: int, steps: int, warmup: int 
 #: docs/benchmarks.md sections refreshed from the results files: marker -> (file, text when absent).
 DOC_SECTIONS = {
     "speed": ("speed.md", "No speed results yet: run `python benchmarks/speed.py`."),
+    "speed_gpu": ("speed-cuda.md", ("No GPU results yet: on a CUDA machine run "
+                                    "`python benchmarks/speed.py --device cuda`.")),
     "warm_start": ("warm_start.md", "No warm-start results yet: run `python benchmarks/warm_start.py`."),
     "compare": ("compare.md", ("The comparison table appears here once `python benchmarks/compare.py` has written "
                               "benchmarks/results/compare.md (refresh with `python benchmarks/speed.py --docs-only`).")),

@@ -74,6 +74,14 @@ METHODS: dict[str, tuple[str, list[str]]] = {
 DEFAULT_ONLY = {"dann, Adam foreach", "pada, Adam foreach"}
 #: (precision, channels_last) columns; the last is the default of the recipes on this CPU.
 LAYOUTS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+#: On a CUDA device fp16 autocast (with gradient scaling) is measured too.
+CUDA_LAYOUTS = [*LAYOUTS, ("fp16", False), ("fp16", True)]
+#: The device every section measures on (``--device``).
+DEVICE = "cpu"
+
+
+def layouts() -> list[tuple[str, bool]]:
+    return CUDA_LAYOUTS if DEVICE == "cuda" else LAYOUTS
 
 
 def key(method: str, precision: str, cl: bool) -> str:
@@ -86,14 +94,14 @@ def throughput(quick: bool) -> dict[str, Any]:
     configs = []
     for name in METHODS:
         if name in DEFAULT_ONLY:
-            layouts = [default]
+            cells = [default]
         else:
-            layouts = LAYOUTS if (not quick or name in ("dann", "pada")) else [("fp32", False), default]
-        configs += [(name, p, cl) for p, cl in layouts]
+            cells = layouts() if (not quick or name in ("dann", "pada")) else [("fp32", False), default]
+        configs += [(name, p, cl) for p, cl in cells]
     benches = {}
     for name, p, cl in configs:
         recipe, extra = METHODS[name]
-        benches[key(name, p, cl)] = Bench(recipe, recipe_overrides(p, cl, extra=extra))
+        benches[key(name, p, cl)] = Bench(recipe, recipe_overrides(p, cl, extra=extra, device=DEVICE))
     rounds, steps = (2, 1) if quick else (2, 2)
     stats = interleaved(benches, rounds=rounds, steps=steps, warmup=1)
     rows = {k: {"method": n, "precision": p, "channels_last": cl, **stats[key(n, p, cl)]}
@@ -148,6 +156,7 @@ def child(kind: str, spec: dict) -> None:
     import_s = time.perf_counter() - _STARTED
     threads_from_env()
     out: dict[str, Any] = {"import_s": round(import_s, 2)}
+    cuda = torch.cuda.is_available() and any(o == "device=cuda" for o in spec.get("overrides", []))
     if kind == "first_step":
         t0 = time.perf_counter()
         bench = Bench(spec["recipe"], spec["overrides"], phase="source")
@@ -162,6 +171,8 @@ def child(kind: str, spec: dict) -> None:
         for _ in range(spec["steps"]):
             bench.step()
         out["peak_rss_mib"] = round(maxrss_mib(), 1)
+        if cuda:
+            out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     elif kind == "materialize":
         import facedapt
         from facedapt.engine.run import materialize_dataset
@@ -194,7 +205,7 @@ def spawn(kind: str, spec: dict, env: dict | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- 3. first step
 def first_step() -> dict[str, Any]:
-    spec = {"recipe": "pada", "overrides": ["device=cpu"]}
+    spec = {"recipe": "pada", "overrides": [f"device={DEVICE}"]}
     with tempfile.TemporaryDirectory() as cache:
         env = {"FACEDAPT_CACHE": cache}
         cold = spawn("first_step", spec, env)
@@ -208,7 +219,7 @@ def memory(quick: bool) -> dict[str, dict]:
     out = {}
     for n in names:
         recipe, extra = METHODS[n]
-        out[n] = spawn("memory", {"recipe": recipe, "overrides": recipe_overrides("bf16", True, extra=extra),
+        out[n] = spawn("memory", {"recipe": recipe, "overrides": recipe_overrides("bf16", True, extra=extra, device=DEVICE),
                                   "steps": 3})
         print(f"  memory {n}: {out[n]['peak_rss_mib']} MiB", file=sys.stderr, flush=True)
     return out
@@ -217,7 +228,7 @@ def memory(quick: bool) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- 5. growth
 def growth(quick: bool) -> dict[str, list[dict]]:
     steps = 5 if quick else 10
-    base = ["device=cpu", "eval.leakage_probe=false", "train.checkpoint_every=0", "train.eval_every=0",
+    base = [f"device={DEVICE}", "eval.leakage_probe=false", "train.checkpoint_every=0", "train.eval_every=0",
             f"train.source_steps={steps}", f"train.steps={steps}"]
     axes = {
         "targets": [({"targets": n}, [f"data.target_subjects={{first: {n}}}"]) for n in ((1, 2) if quick else (1, 2, 4))],
@@ -253,10 +264,10 @@ def render(rep: dict) -> str:
              "faces, convnet backbone; img/s counts every image of the step. `cl` = channels_last. The last two columns "
              "are the median milliseconds per step at the default (bf16, channels_last): wall clock, and process CPU time "
              "(the step's own work on one thread, less sensitive to other jobs)."), "",
-             "| method | " + " | ".join(f"{p}{' cl' if cl else ''}" for p, cl in LAYOUTS) + " | ms/step (wall) | ms/step (CPU) |",
-             "|---|" + "---|" * (len(LAYOUTS) + 2)]
+             "| method | " + " | ".join(f"{p}{' cl' if cl else ''}" for p, cl in layouts()) + " | ms/step (wall) | ms/step (CPU) |",
+             "|---|" + "---|" * (len(layouts()) + 2)]
     for n in METHODS:
-        cells = [f"{rows[key(n, p, cl)]['img_per_s']:.0f}" if key(n, p, cl) in rows else "-" for p, cl in LAYOUTS]
+        cells = [f"{rows[key(n, p, cl)]['img_per_s']:.0f}" if key(n, p, cl) in rows else "-" for p, cl in layouts()]
         d = rows[key(n, "bf16", True)]
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {1000 * d['step_s']:.0f} | {1000 * d['cpu_step_s']:.0f} |")
     r = tp["ratios"]
@@ -287,9 +298,10 @@ def render(rep: dict) -> str:
         f = fs[label]
         lines.append(f"| {label} | {f['to_first_step_s']} | {f['import_s']} | {f['setup_s']} | {f['first_step_s']} |")
     lines += ["", "### Peak memory (resident set, a fresh process per method, default precision)", "",
-              "| method | after building, MiB | peak after the steps, MiB |", "|---|---|---|"]
+              "| method | after building, MiB | peak after the steps, MiB | peak GPU memory, MiB |", "|---|---|---|---|"]
     for n, m in rep["memory"].items():
-        lines.append(f"| {n} | {m['rss_built_mib']:.0f} | {m['peak_rss_mib']:.0f} |")
+        gpu = f"{m['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in m else "-"
+        lines.append(f"| {n} | {m['rss_built_mib']:.0f} | {m['peak_rss_mib']:.0f} | {gpu} |")
     gr = rep["growth"]
     lines += ["", (f"### Growth (whole `{gr['recipe']}` run, {gr['steps']} source + {gr['steps']} adaptation steps, "
               "a fresh process per point, dataset cache warm)"), "",
@@ -307,7 +319,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer configurations and steps (about 5 minutes)")
     ap.add_argument("--sections", default="throughput,generation,first_step,memory,growth")
-    ap.add_argument("--out", type=Path, default=RESULTS / "speed.json")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where the steps run (cuda adds fp16 columns and peak GPU memory)")
+    ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/speed.json, speed-cuda.json)")
     ap.add_argument("--docs-only", action="store_true", help="only refresh docs/benchmarks.md from the results files")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -318,10 +332,13 @@ def main() -> None:
     if args.docs_only:
         update_docs()
         return
+    global DEVICE
+    DEVICE = args.device
+    args.out = args.out or RESULTS / ("speed.json" if DEVICE == "cpu" else f"speed-{DEVICE}.json")
     threads = threads_from_env()
     started = time.perf_counter()
     rep: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": machine(), "threads": threads,
-                           "command": "python benchmarks/speed.py" + (" --quick" if args.quick else ""),
+                           "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
                            "load_avg_1min_start": round(os.getloadavg()[0], 2)}
     sections = args.sections.split(",")
     for name, fn in (("throughput", throughput), ("generation", generation), ("first_step", lambda q: first_step()),

@@ -1,0 +1,65 @@
+"""The benchmark scripts' own logic: the step harness trains, the goal arithmetic, the docs paste."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_module(name: str) -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their harness as a sibling
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_harness_step_is_a_training_step() -> None:
+    harness = bench_module("_harness")
+    tiny = ["data.dataset={name: synthetic, preset: tiny}", "data.augment=[]"]
+    bench = harness.Bench("dann", harness.recipe_overrides("fp32", False, batch=8, extra=tiny))
+    assert bench.phase == "adapt" and bench.images_per_step == 16
+    before = {k: v.clone() for k, v in bench.method.models["backbone"].state_dict().items()}
+    times = harness.timed_steps(bench, 2)
+    assert len(times) == 2 and all(wall > 0 and cpu >= 0 for wall, cpu in times)
+    after = bench.method.models["backbone"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the step updated the weights
+    stats = harness.interleaved({"a": bench}, rounds=2, steps=1, warmup=0, progress=False)
+    assert stats["a"]["n"] == 2 and stats["a"]["img_per_s"] == pytest.approx(16 / stats["a"]["step_s"], rel=0.01)
+
+
+def test_warm_start_goal_arithmetic() -> None:
+    ws_mod = bench_module("warm_start")
+    ws = {"source_steps": 600, "schedules": [{"adapt_steps": n, "accuracy_fraction": a}
+                                             for n, a in ((100, 0.99), (300, 0.99), (50, 0.97))]}
+    ws_mod.time_fractions(ws, {"source": {"cpu_step_s": 0.3}, "adapt": {"cpu_step_s": 0.5}})
+    fractions = [r["time_fraction"] for r in ws["schedules"]]
+    # from scratch = source training + the same adaptation; warm = the adaptation alone
+    assert fractions == pytest.approx([50 / 230, 150 / 330, 25 / 205])
+    assert [r["meets_goal"] for r in ws["schedules"]] == [True, False, False]  # too slow; too inaccurate
+
+
+def test_docs_paste_replaces_only_the_marked_sections(tmp_path: Path) -> None:
+    harness = bench_module("_harness")
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- speed:start -->\nold\n<!-- speed:end -->\nmiddle\n"
+                    "<!-- warm_start:start -->\nold\n<!-- warm_start:end -->\nend\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "speed.md").write_text("| new table |\n")
+    harness.update_docs(page, results)
+    text = page.read_text()
+    assert "<!-- speed:start -->\n| new table |\n<!-- speed:end -->" in text
+    assert "No warm-start results yet" in text and "old" not in text  # absent file: says how to make it
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n")
