@@ -58,6 +58,7 @@ class Env:
     tmp: Path
     monkeypatch: pytest.MonkeyPatch
     capsys: pytest.CaptureFixture[str]
+    last_error: str = ""  # what the command under test printed to stderr
 
     @property
     def run_dir(self) -> Path:
@@ -319,10 +320,34 @@ def _truncated_checkpoint(env: Env) -> bytes:
     return data[: len(data) // 2]
 
 
-@case("resume_truncated_checkpoint", 2, "ckpt-0000001.pt: not a readable checkpoint",
+@case("resume_truncated_checkpoint", 2, "ckpt-0000001.pt: not a readable checkpoint: the file is cut short at ",
       may_change=("run/environment.json", "run/log.txt"))
 def _(env: Env) -> list[str]:
     return env.resumable(_truncated_checkpoint(env))
+
+
+def _older_checkpoint_kept(env: Env) -> None:
+    assert checkpoint.load(env.run_dir / "source" / "ckpt-0000002.pt")["step"] == 2
+    assert "the one before it, ckpt-0000002.pt, is kept: delete ckpt-0000004.pt to resume from there" in env.last_error
+
+
+@case("resume_truncated_checkpoint_with_an_older_one", 2,
+      "ckpt-0000004.pt: not a readable checkpoint: the file is cut short at ", _older_checkpoint_kept,
+      may_change=("run/environment.json", "run/log.txt", "run/source/metrics.jsonl"))
+def _(env: Env) -> list[str]:
+    argv = env.run("train.source_steps=6", "train.checkpoint_every=2")
+    real = checkpoint.save
+    with pytest.MonkeyPatch.context() as mp:  # the first run stops after its step-4 checkpoint
+        def save(state: dict, path: Path) -> None:
+            real(state, path)
+            if state.get("step") == 4:
+                raise KeyboardInterrupt
+        mp.setattr(checkpoint, "save", save)
+        assert main(argv) == 130
+    env.capsys.readouterr()
+    newest = env.run_dir / "source" / "ckpt-0000004.pt"
+    newest.write_bytes(newest.read_bytes()[:2000])
+    return [*argv, "--resume"]
 
 
 @case("eval_missing_checkpoint", 2, "nope: no such file or directory")
@@ -404,6 +429,59 @@ def _(env: Env) -> list[str]:
     return [*env.run(run_dir=done), "--resume"]  # a finished run: only results.json is written again
 
 
+def _full_disk_when_appending(env: Env, name: str) -> None:
+    """Files named ``name`` opened for appending accept no more bytes."""
+    real = Path.open
+
+    def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        fh = real(self, mode, *args, **kwargs)
+        if self.name != name or "a" not in mode:
+            return fh
+
+        class Full:
+            def __init__(self) -> None:
+                self.name = fh.name
+
+            def write(self, _text: str) -> None:
+                _enospc()
+
+            def flush(self) -> None:
+                fh.flush()
+
+            def close(self) -> None:
+                fh.close()
+
+        return Full()
+
+    env.monkeypatch.setattr(Path, "open", open_)
+
+
+@case("disk_full_on_metrics", 1, "source/metrics.jsonl: cannot write (No space left on device)")
+def _(env: Env) -> list[str]:
+    _full_disk_when_appending(env, "metrics.jsonl")
+    return env.run("train.log_every=1")
+
+
+@case("disk_full_on_log", 1, "log.txt: cannot write (No space left on device)")
+def _(env: Env) -> list[str]:
+    _full_disk_when_appending(env, "log.txt")
+    return env.run()
+
+
+@case("disk_full_on_environment", 1, "environment.json: cannot write (No space left on device)",
+      lambda env: None if not list(env.run_dir.glob("*.tmp")) else pytest.fail("temporary file left"))
+def _(env: Env) -> list[str]:
+    real = Path.write_text
+
+    def write_text(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.name == "environment.json.tmp":
+            _enospc()
+        return real(self, *args, **kwargs)
+
+    env.monkeypatch.setattr(Path, "write_text", write_text)
+    return env.run()
+
+
 @case("nan_loss_aborts", 1, "non-finite loss at source step 2: poison=nan")
 def _(env: Env) -> list[str]:
     return env.run("~model", "method={name: nan_probe, nan_at: 1}")
@@ -447,6 +525,7 @@ def test_bad_input(case: Case, env: Env) -> None:
 
     rc = main(argv)
     out, err = env.capsys.readouterr()
+    env.last_error = err
 
     assert rc == case.code, err
     lines = [ln for ln in err.strip().splitlines() if not LOG_LINE.match(ln)]

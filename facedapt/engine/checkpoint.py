@@ -9,6 +9,7 @@ import random
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,21 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(f"{path}: not a readable checkpoint: corrupt, or it holds objects other than tensors and "
                               f"plain data, which are never unpickled ({_unpickler_reason(exc)})") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint{_damage(path, exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a facedapt checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
     return state
+
+
+def _damage(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch could not open, in words where the cause is known."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    # Checkpoints are zip archives whose directory sits at the end: a start without an end is
+    # a file cut short (our own writes are atomic, so a copy or transfer that did not finish).
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return f": the file is cut short at {path.stat().st_size} bytes, as a copy that did not finish leaves it"
+    return f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
 def _unpickler_reason(exc: Exception) -> str:

@@ -176,7 +176,7 @@ class Runner:
         env = {"versions": versions(self.plugins), "device": str(self.device), "precision": self.precision,
                "plugins": {name: attrs.asdict(o) for name, o in self.plugins.origins.items()},
                "started": datetime.now().isoformat(timespec="seconds")}
-        (self.run_dir / "environment.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
+        _write_json(self.run_dir / "environment.json", env)
 
     def _load_data(self) -> tuple[list[Target], int]:
         data = self.recipe.data
@@ -208,7 +208,7 @@ class Runner:
         if main:
             self._prepare_dir()
         distributed.barrier()
-        sink = logger.add(self.run_dir / "log.txt", level="INFO", enqueue=False) if main else None
+        sink = logger.add(LogFile(self.run_dir / "log.txt"), level="INFO", enqueue=False, catch=False) if main else None
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         if self.recipe.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -514,6 +514,28 @@ def _write_json(path: Path, data: dict) -> None:
     except OSError as exc:  # disk full: one line, the previous file left as it was
         tmp.unlink(missing_ok=True)
         raise StorageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+
+
+class LogFile:
+    """The run's log.txt as a loguru sink that fails like the other run files: a full disk is a
+    StorageError naming the file (loguru's own file sink would print a traceback and go on)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, message: str) -> None:
+        try:
+            self._fh.write(message)
+            self._fh.flush()
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc
+
+    def stop(self) -> None:  # loguru calls it when the sink is removed
+        try:
+            self._fh.close()
+        except OSError:  # its last flush failed: already reported by write()
+            pass
 
 
 def find_model_file(path: Path) -> Path:

@@ -25,7 +25,7 @@ from facedapt.engine.context import StepContext
 from facedapt.engine.evaluate import predict_domain
 from facedapt.engine.precision import autocast
 from facedapt.engine.progress import Progress
-from facedapt.errors import Interrupted
+from facedapt.errors import CheckpointError, Interrupted, StorageError
 from facedapt.method import Batch, Method, StepBatch
 from facedapt.plugin_manager import Plugins
 from facedapt.recipe.schema import Component, Recipe
@@ -118,7 +118,13 @@ class PhaseRunner:
         step, best, history = 0, None, []
         latest = checkpoint.periodic(spec.directory)
         if latest:
-            state = checkpoint.load(latest[-1], map_location=device)
+            try:
+                state = checkpoint.load(latest[-1], map_location=device)
+            except CheckpointError as exc:
+                if len(latest) < 2:
+                    raise
+                raise CheckpointError(f"{exc}; the one before it, {latest[-2].name}, is kept: delete "
+                                      f"{latest[-1].name} to resume from there") from None
             self._restore(state, optimizers, schedulers, scaler, src_sampler, tgt_sampler)
             step, best, history = int(state["step"]), state.get("best"), list(state.get("history", []))
             partner_gen.set_state(state["partner_rng"])
@@ -171,8 +177,11 @@ class PhaseRunner:
                     history.append(rec)
                     if main:  # only rank 0 writes and runs the lifecycle hooks
                         assert metrics_file is not None
-                        metrics_file.write(json.dumps(rec) + "\n")
-                        metrics_file.flush()
+                        try:
+                            metrics_file.write(json.dumps(rec) + "\n")
+                            metrics_file.flush()
+                        except OSError as exc:  # disk full: one line naming the file
+                            raise StorageError(f"{metrics_file.name}: cannot write ({exc.strerror or exc})") from exc
                         self.run.metrics.append(rec)
                         self.progress.note(" ".join(f"{k}={v:.3f}" for k, v in rec.items() if isinstance(v, float)))
                         self.plugins.hook.facedapt_on_step_end(run=self.run, step=step, metrics=rec)
@@ -190,7 +199,10 @@ class PhaseRunner:
                                       f"--run-dir {self.run.run_dir} --resume")
         finally:
             if metrics_file is not None:
-                metrics_file.close()
+                try:
+                    metrics_file.close()
+                except OSError:  # its last flush failed: reported above, and must not hide that report
+                    pass
             self.progress.finish()
         # Batch-norm statistics are updated per rank from its slice: evaluate and save rank 0's.
         distributed.broadcast_state(method.models.values(), buffers_only=True)
