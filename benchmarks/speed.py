@@ -332,6 +332,8 @@ def main() -> None:
     if args.docs_only:
         update_docs()
         return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available here")
     global DEVICE
     DEVICE = args.device
     args.out = args.out or RESULTS / ("speed.json" if DEVICE == "cpu" else f"speed-{DEVICE}.json")
