@@ -148,8 +148,7 @@ def render(rep: dict) -> str:
     pct = lambda x: f"{100 * x:.1f}"
     ws, c = rep["warm_start"], rep["step_costs"]
     src, ada = 1000 * c["source"]["cpu_step_s"], 1000 * c["adapt"]["cpu_step_s"]
-    out = [f"Warm start ({rep['date']}, {rep['machine']}, {rep['threads']} thread(s) per run); `{rep['command']}` "
-           f"({rep['seconds'] / 60:.0f} min)", "",
+    out = [f"Warm start ({rep['date']}, {rep['machine']}, {rep['threads']} thread(s) per run); `{rep['command']}`", "",
            (f"Recipe `{ws['recipe']}`, {ws['targets']} target subjects x {ws['seeds']} seeds, each subject adapted on "
             f"half its images and measured on the other half; precision {ws['precision']}. Reference: trained from "
             f"scratch, {ws['source_steps']} source steps then {ws['reference_steps']} adaptation steps per subject, "
