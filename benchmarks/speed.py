@@ -1,6 +1,6 @@
 """Speed benchmark suite: one command, every section of the speed benchmark.
 
-    python benchmarks/speed.py            # full (about 15 minutes on 2 cores with light load)
+    python benchmarks/speed.py            # full (about 7 minutes on an idle 2-core CPU, 15 under load)
     python benchmarks/speed.py --quick    # fewer configurations and steps (about 5 minutes)
 
 Sections:
