@@ -340,7 +340,7 @@ def main() -> None:
     threads = threads_from_env()
     started = time.perf_counter()
     rep: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": machine(), "threads": threads,
-                           "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
+                           "command": " ".join(["python benchmarks/speed.py", *sys.argv[1:]]),
                            "load_avg_1min_start": round(os.getloadavg()[0], 2)}
     sections = args.sections.split(",")
     for name, fn in (("throughput", throughput), ("generation", generation), ("first_step", lambda q: first_step()),
