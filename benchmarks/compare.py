@@ -53,6 +53,12 @@ def configuration(full: bool) -> dict:
     return {"targets": 6, "seeds": 3, "ablation_seeds": 1, "overrides": []}
 
 
+def subjects_setting(targets: int) -> list[str]:
+    """The first ``targets`` held-out subjects, each adapted on half its images (unlabelled) and
+    measured on the other half."""
+    return [f"data.target_subjects={{first: {targets}}}", "data.target_holdout=0.5"]
+
+
 def run(recipe: str, run_dir: Path, overrides: list[str], threads: int, start: bool = True) -> dict | None:
     done = run_dir / "results.json"
     if not done.is_file() and not start:
@@ -89,8 +95,7 @@ def main() -> None:
     seeds = args.seeds or cfg["seeds"]
     ab_seeds = args.ablation_seeds or cfg["ablation_seeds"]
     targets = args.targets or cfg["targets"]
-    common = [f"data.target_subjects={{first: {targets}}}", "data.target_holdout=0.5", *cfg["overrides"],
-              *args.overrides]
+    common = [*subjects_setting(targets), *cfg["overrides"], *args.overrides]
     rows = args.rows or MAIN_ROWS + ABLATIONS
     started = time.perf_counter()
     base_dirs = {seed: args.workdir / f"seed{seed}" / "pada" for seed in range(seeds)}

@@ -156,7 +156,6 @@ def child(kind: str, spec: dict) -> None:
     import_s = time.perf_counter() - _STARTED
     threads_from_env()
     out: dict[str, Any] = {"import_s": round(import_s, 2)}
-    cuda = torch.cuda.is_available() and any(o == "device=cuda" for o in spec.get("overrides", []))
     if kind == "first_step":
         t0 = time.perf_counter()
         bench = Bench(spec["recipe"], spec["overrides"], phase="source")
@@ -171,7 +170,7 @@ def child(kind: str, spec: dict) -> None:
         for _ in range(spec["steps"]):
             bench.step()
         out["peak_rss_mib"] = round(maxrss_mib(), 1)
-        if cuda:
+        if torch.cuda.is_initialized():
             out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     elif kind == "materialize":
         import facedapt

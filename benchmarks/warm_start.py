@@ -43,15 +43,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Bench, interleaved, machine, update_docs
-from compare import run
+from compare import run, subjects_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def setting(args: argparse.Namespace, seed: int) -> list[str]:
-    """The comparison's setting (benchmarks/compare.py), so its runs and these are alike."""
-    return [f"seed={seed}", f"data.target_subjects={{first: {args.targets}}}", "data.target_holdout=0.5",
-            *args.extra]
+    """The comparison's setting, so its runs and these are alike."""
+    return [f"seed={seed}", *subjects_setting(args.targets), *args.extra]
 
 
 def step_costs(recipe: str, rounds: int, steps: int) -> dict:

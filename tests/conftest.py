@@ -4,9 +4,11 @@ engine runs and throw-away third-party plugin distributions."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -116,3 +118,17 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         if name.startswith("fd_"):
             del sys.modules[name]
     importlib.invalidate_caches()
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (they import their siblings, e.g. the harness)."""
+    folder = str(ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(folder) / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(folder)

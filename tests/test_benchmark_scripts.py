@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def bench_module(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their harness as a sibling
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+from conftest import benchmark_module
 
 
 def test_harness_step_is_a_training_step() -> None:
-    harness = bench_module("_harness")
+    harness = benchmark_module("_harness")
     tiny = ["data.dataset={name: synthetic, preset: tiny}", "data.augment=[]"]
     bench = harness.Bench("dann", harness.recipe_overrides("fp32", False, batch=8, extra=tiny))
     assert bench.phase == "adapt" and bench.images_per_step == 16
@@ -40,7 +24,7 @@ def test_harness_step_is_a_training_step() -> None:
 
 
 def test_warm_start_goal_arithmetic() -> None:
-    ws_mod = bench_module("warm_start")
+    ws_mod = benchmark_module("warm_start")
     ws = {"source_steps": 600, "schedules": [{"adapt_steps": n, "accuracy_fraction": a}
                                              for n, a in ((100, 0.99), (300, 0.99), (50, 0.97))]}
     ws_mod.time_fractions(ws, {"source": {"cpu_step_s": 0.3}, "adapt": {"cpu_step_s": 0.5}})
@@ -51,7 +35,7 @@ def test_warm_start_goal_arithmetic() -> None:
 
 
 def test_docs_paste_replaces_only_the_marked_sections(tmp_path: Path) -> None:
-    harness = bench_module("_harness")
+    harness = benchmark_module("_harness")
     page = tmp_path / "page.md"
     page.write_text("intro\n<!-- speed:start -->\nold\n<!-- speed:end -->\nmiddle\n"
                     "<!-- warm_start:start -->\nold\n<!-- warm_start:end -->\nend\n")

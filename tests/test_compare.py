@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import benchmark_module
 
 from facedapt import compare
 from facedapt.cli import main
@@ -124,10 +123,7 @@ def test_no_results_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_benchmark_table_comes_from_the_library(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_compare", ROOT / "benchmarks" / "compare.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("compare")
     results = {m: [result(m, s, ACC[("dann" if m == "source_only" else "pada", s)]) for s in (0, 1)]
                for m in ("source_only", "pada")}
     report = bench.summarize(results, 2, 1, 2, [], 60.0)
