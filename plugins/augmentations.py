@@ -5,8 +5,10 @@ Each registered factory takes keyword arguments (what a recipe passes) and retur
 float ``[B, C, H, W]`` in [-1, 1] on any device. Labels follow the images: ``yaw`` (degrees,
 NaN unknown), ``pose_bin`` (recomputed from the new yaw where it is known) and ``landmarks``
 (``[B, K, 2]`` pixel x, y; pixel centres at integer coordinates, so a flip maps x to W-1-x).
-The input batch is never modified; other fields (expression, subject, partner...) pass
-through untouched.
+The input batch is never modified; other fields (expression, subject...) pass through
+untouched. A cross-pose ``partner`` batch (one partner per sample) follows the geometry of its
+anchor: ``flip`` mirrors it where it mirrors the anchor, ``align`` aligns it too; ``pose_warp``
+and ``photometric`` leave it as it is (its own view is the reconstruction goal).
 
 Randomness comes only from torch's global generator (``torch.rand`` here, Kornia's samplers
 inside ``photometric``): the engine wraps a call in ``torch.random.fork_rng`` seeded per step,
@@ -96,9 +98,17 @@ class Flip:
             raise ValueError("permutation must be a permutation of 0..K-1")
 
     def __call__(self, batch: Batch) -> Batch:
+        chosen = _chosen(batch.images.shape[0], self.p, batch.images.device)
+        out = self._flip(batch, chosen)
+        if batch.partner is not None:
+            # A cross-pose partner is decoded from its anchor's expression features: it must be
+            # mirrored with its anchor, or the pair shows two different faces.
+            out = attrs.evolve(out, partner=self._flip(batch.partner, chosen))
+        return out
+
+    def _flip(self, batch: Batch, chosen: torch.Tensor) -> Batch:
         images = batch.images
         b, width = images.shape[0], images.shape[-1]
-        chosen = _chosen(b, self.p, images.device)
         out = {"images": torch.where(chosen.view(b, 1, 1, 1), images.flip(-1), images)}
 
         if batch.yaw is not None:
@@ -185,6 +195,12 @@ class Align:
         return _template_pixels(self.template, self.zoom, height, width, device, dtype)
 
     def __call__(self, batch: Batch) -> Batch:
+        out = self._align(batch)
+        if batch.partner is not None:  # partners are encoded and decoded like their anchors
+            out = attrs.evolve(out, partner=self._align(batch.partner))
+        return out
+
+    def _align(self, batch: Batch) -> Batch:
         images = batch.images
         b, _, h_in, w_in = images.shape
         h_out, w_out = self.size if self.size is not None else (h_in, w_in)

@@ -133,6 +133,29 @@ def test_flip_negates_yaw_and_mirrors_pose_bins() -> None:
     assert out.pose_bin.tolist() == [12, 9, 6, 0, -1] and out.yaw is None
 
 
+def test_partner_is_flipped_with_its_anchor() -> None:
+    # A cross-pose partner (same subject and expression, another view) is gathered before
+    # augmentation; it must be mirrored exactly where its anchor is.
+    batch = _batch(b=12)
+    partner = _batch(b=12, seed=1)
+    out = aug_mod.flip(p=0.5)(attrs.evolve(batch, partner=partner))
+    flipped = (out.images == batch.images.flip(-1)).flatten(1).all(1)
+    assert 0 < int(flipped.sum()) < 12  # both cases occur
+    mirrored = aug_mod.flip(p=1.0)(partner)
+    want = flipped.view(-1, 1, 1, 1)
+    assert torch.equal(out.partner.images, torch.where(want, mirrored.images, partner.images))
+    assert torch.allclose(out.partner.yaw, torch.where(flipped, -partner.yaw, partner.yaw), equal_nan=True)
+    assert torch.equal(out.partner.pose_bin, torch.where(flipped, mirrored.pose_bin, partner.pose_bin))
+    assert torch.equal(out.partner.landmarks, torch.where(flipped.view(-1, 1, 1), mirrored.landmarks,
+                                                          partner.landmarks))
+    # the anchor's own flip draws the same numbers with or without a partner
+    torch.manual_seed(3)
+    alone = aug_mod.flip(p=0.5)(batch)
+    torch.manual_seed(3)
+    paired = aug_mod.flip(p=0.5)(attrs.evolve(batch, partner=partner))
+    assert torch.equal(alone.images, paired.images)
+
+
 # ----------------------------------------------------------------------------- pose warp
 
 
@@ -248,6 +271,10 @@ def test_align_maps_landmarks_onto_the_template(device: str) -> None:
     assert out1.images.shape == (4, 1, 48, 48) and torch.equal(out1.images, out2.images)
     tpl_small = small.template_pixels(48, 48, torch.device("cpu"), torch.float32)
     torch.testing.assert_close(five_points(out1.landmarks)[:3].cpu(), tpl_small.expand(3, 5, 2), atol=1e-3, rtol=0)
+    # a partner batch is aligned (and resized) as its anchor is, so both can be encoded together
+    paired = small(attrs.evolve(batch, partner=batch))
+    assert torch.equal(paired.partner.images, out1.images)
+    assert torch.equal(paired.partner.landmarks.nan_to_num(-7), out1.landmarks.nan_to_num(-7))
 
 
 # ----------------------------------------------------------------------------- photometric
