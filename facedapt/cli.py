@@ -1,5 +1,11 @@
 """The `facedapt` command line.
 
+One grammar for every subcommand: a recipe command takes its recipe(s), then overrides
+(``key=value`` sets a key, ``~key`` deletes one; ``--set key=value`` is the same); an argument
+with ``=`` or a leading ``~`` is always an override, never a recipe file. The common options
+(``-p no:NAME``, ``-q``, ``-v``, ``--debug``) go before or after the subcommand's name, and
+``-p`` is parsed in one place and applied to every plugin set the command loads.
+
 Errors the user can act on print as one line (exit 2 for usage and data, 1 at run time);
 ``--debug`` shows the traceback.
 """
@@ -18,28 +24,42 @@ from loguru import logger
 
 import facedapt
 from facedapt.errors import FacedaptError, UsageError
+from facedapt.plugin_manager import command_line_block
+from facedapt.recipe.load import is_override
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: What each subcommand takes before its overrides: one recipe, several, or none (adapt changes
+#: the recipe of the run it starts from; eval's key=value arguments are dataset options).
+RECIPE_ARGS: dict[str, str] = {"run": "one", "sweep": "one", "validate": "many", "adapt": "none", "eval": "none"}
+OVERRIDE_HELP = "key=value sets a key (the value is YAML), ~key deletes one"
 
-def _blocked(args: argparse.Namespace) -> list[str]:
-    out = []
-    for item in getattr(args, "plugin_opts", None) or []:
+
+def parse_plugin_options(items: list[str]) -> tuple[str, ...]:
+    """The names of ``-p no:NAME``: the one place ``-p`` is parsed, for every subcommand."""
+    names: list[str] = []
+    for item in items:
         if not item.startswith("no:") or len(item) <= 3:
             raise UsageError(f"-p {item!r}: expected -p no:NAME to block a plugin")
-        out.append(item[3:])
-    return out
+        names.append(item[3:])
+    return tuple(dict.fromkeys(names))
 
 
-def _load(args: argparse.Namespace, recipe: str, overrides: list[str]) -> Any:
+def _with_block(args: argparse.Namespace, recipe: str | Path, overrides: list[str]) -> list[str]:
+    """``overrides`` plus the names of ``-p no:NAME`` added to the recipe's own block list (not
+    replacing it), so that the run directory, and each job of a sweep, records what was blocked."""
+    if not args.blocked:
+        return overrides
     from facedapt.recipe.load import load_recipe
 
-    blocked = _blocked(args)
-    loaded = load_recipe(recipe, overrides)
-    if blocked:  # add to the recipe's own block list rather than replacing it
-        merged = [*loaded.recipe.plugins.block, *(b for b in blocked if b not in loaded.recipe.plugins.block)]
-        loaded = load_recipe(recipe, [*overrides, f"plugins.block={json.dumps(merged)}"])
-    return loaded
+    own = load_recipe(recipe, overrides).recipe.plugins.block
+    return [*overrides, f"plugins.block={json.dumps([*own, *(b for b in args.blocked if b not in own)])}"]
+
+
+def _load(args: argparse.Namespace, recipe: str) -> Any:
+    from facedapt.recipe.load import load_recipe
+
+    return load_recipe(recipe, _with_block(args, recipe, args.overrides))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -51,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logger.remove()
         logger.add(sys.stderr, level="WARNING", format=f"rank {rank}: {{level}} {{message}}")
         os.environ["FACEDAPT_NO_PROGRESS"] = "1"
-    loaded = _load(args, args.recipe, args.overrides)
+    loaded = _load(args, args.recipe)
     results = run(loaded, run_dir=args.run_dir, resume=args.resume, allow_changed=args.allow_changed_recipe)
     if rank > 0:
         return 0
@@ -67,7 +87,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from facedapt.recipe.validate import validate
 
     for recipe in args.recipes:
-        loaded = _load(args, recipe, args.overrides)
+        loaded = _load(args, recipe)
         validate(loaded, get_plugins(loaded.recipe.plugins.block))
         print(f"{loaded.path}: ok")
     return 0
@@ -77,7 +97,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from facedapt.hookspecs import FAMILIES
     from facedapt.plugin_manager import get_plugins
 
-    plugins = get_plugins(_blocked(args))
+    plugins = get_plugins()  # with -p no:NAME applied, as everywhere
     table = {
         family: [{"name": e.name, "plugin": e.origin.plugin, "distribution": e.origin.distribution,
                   "version": e.origin.version} for e in plugins.registry(family)]
@@ -152,24 +172,22 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from facedapt.engine.adapt import adapt
 
-    blocked = _blocked(args)
-    overrides = [*args.overrides, *([f"plugins.block={json.dumps(blocked)}"] if blocked else [])]
+    recipe_file = args.run_from / "recipe.yaml"  # missing: adapt() says so in its own words
+    overrides = _with_block(args, recipe_file, args.overrides) if recipe_file.is_file() else args.overrides
     done = adapt(args.run_from, args.images, out=args.out, subject=args.subject, overrides=overrides)
     print(f"personalized model for {done.subject} ({done.photos} photos): {done.model_file}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import yaml
-
     from facedapt.engine.model_io import evaluate_dataset, load_model
+    from facedapt.recipe.load import apply_overrides
 
-    options: dict[str, Any] = {}
     for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"eval: dataset option {item!r} is not key=value")
-        options[key] = yaml.safe_load(value)
+        if item.startswith("~"):
+            raise UsageError(f"eval: {item!r}: dataset options are only set (key=value), there is nothing to delete")
+    # Parsed as recipe overrides are, so values (and dotted keys) mean the same everywhere.
+    options = apply_overrides({}, args.overrides, source="eval dataset options")
     if args.root is not None:
         options["root"] = args.root
     model = load_model(args.checkpoint)
@@ -230,8 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from facedapt.sweep import run_sweep
 
-    blocked = _blocked(args)
-    overrides = [*args.overrides, *([f"plugins.block={json.dumps(blocked)}"] if blocked else [])]
+    overrides = _with_block(args, args.recipe, args.overrides)
     slurm = {"partition": args.slurm_partition, "time_min": args.slurm_time, "gpus_per_node": args.slurm_gpus,
              "cpus_per_task": args.slurm_cpus, "mem_gb": args.slurm_mem}
     args.sweep_dir = args.sweep_dir or Path("sweeps") / Path(args.recipe).stem
@@ -256,7 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from facedapt.compare import compare, render
 
     keys = [k for k in args.by.split(",") if k] if args.by else None
-    keys, rows = compare(args.paths, keys)
+    keys, rows = compare(args.paths, keys, args.against or ())
     text = render(keys, rows, args.format)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
@@ -270,41 +287,65 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3):]
 
 
+def _common_options(top: bool, plugin_dest: str = "plugin_opts") -> argparse.ArgumentParser:
+    """The options every subcommand takes, before or after its name. Below the top level they
+    default to SUPPRESS, so that one given before the name is not reset by the subparser; ``-p``
+    collects into its own list per level (merged in main) for the same reason."""
+    common = argparse.ArgumentParser(add_help=False)
+    unset: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    common.add_argument("--debug", action="store_true", help="show tracebacks", **unset)
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors", **unset)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging", **unset)
+    common.add_argument("-p", dest=plugin_dest, action="append", metavar="no:NAME",
+                        default=[] if top else argparse.SUPPRESS,
+                        help="block a plugin by entry-point name (repeatable; essential built-ins cannot be blocked)")
+    return common
+
+
+def _overrides(p: argparse.ArgumentParser, help: str = OVERRIDE_HELP) -> None:
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help=help)
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override, the same as a positional one (applied after those)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facedapt", description="Pose-aware adversarial domain adaptation for "
-                                     "personalized facial expression recognition.")
+    parser = argparse.ArgumentParser(prog="facedapt", parents=[_common_options(top=True)],
+                                     description="Pose-aware adversarial domain adaptation for personalized facial "
+                                     "expression recognition.")
     parser.add_argument("--version", action="version", version=f"facedapt {facedapt.__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-p", dest="plugin_opts", action="append", metavar="no:NAME", help="block a plugin by entry-point name")
+    common = _common_options(top=False, plugin_dest="sub_plugin_opts")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="train and evaluate a recipe", description="Train and evaluate a recipe. "
-                       "Overrides: key=value (YAML value), ~key deletes.")
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add("run", help="train and evaluate a recipe", description="Train and evaluate a recipe. "
+            f"Overrides: {OVERRIDE_HELP}.")
     p.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
-    p.add_argument("overrides", nargs="*", help="key=value or ~key")
+    _overrides(p)
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<recipe>/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue a run (the newest of this recipe without --run-dir)")
     p.add_argument("--allow-changed-recipe", action="store_true", help="resume although the recipe changed")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check recipes completely without building models or reading data")
-    p.add_argument("recipes", nargs="+", help="recipe files or bundled names")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="an override")
+    p = add("validate", help="check recipes completely without building models or reading data",
+            description=f"Check recipes completely without building models or reading data. Overrides apply to "
+            f"every recipe: {OVERRIDE_HELP}.")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files or bundled names")
+    _overrides(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("plugins", help="list registered components by family")
+    p = add("plugins", help="list registered components by family")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("recipes", help="list bundled recipes, or copy one to edit")
+    p = add("recipes", help="list bundled recipes, or copy one to edit")
     p.add_argument("action", nargs="?", choices=["list", "copy"], default="list")
     p.add_argument("name", nargs="?")
     p.add_argument("dest", nargs="?")
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("adapt", help="personalize a trained run to one person's unlabelled photos",
+    p = add("adapt", help="personalize a trained run to one person's unlabelled photos",
                        description="Adapt the source model of a finished run to a folder of unlabelled face photos "
                        "of one person; writes a run directory whose model.pt is the personalized model. "
                        "Overrides (key=value, ~key) change the run's recipe, e.g. train.steps=300.")
@@ -312,10 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of the person's photos (searched recursively)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default RUN_DIR/personalized/<subject>)")
     p.add_argument("--subject", default="person", help="the person's id (default: person)")
-    p.add_argument("overrides", nargs="*", help="key=value or ~key")
+    _overrides(p)
     p.set_defaults(func=cmd_adapt)
 
-    p = sub.add_parser("eval", help="evaluate a trained model on a dataset",
+    p = add("eval", help="evaluate a trained model on a dataset",
                        description="Evaluate a model (a run directory: its source model; a subject or personalized "
                        "directory, or a model.pt) on a registered dataset read at the model's image size. Extra "
                        "key=value arguments are dataset options (YAML values), e.g. split=test.")
@@ -323,15 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="registered dataset name (manifest, kdef, image_folder, ...)")
     p.add_argument("--root", help="dataset root folder (or manifest file)")
     p.add_argument("--json", action="store_true", help="print a results.json-style object")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dataset options")
+    _overrides(p, help="key=value: a dataset option (the value is YAML)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("report", help="rebuild a run's report (report.md, report.html, report/*.png)",
+    p = add("report", help="rebuild a run's report (report.md, report.html, report/*.png)",
                        description="Rebuild the report of a finished run from the files in its directory.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("predict", help="find faces in photos and predict their expressions",
+    p = add("predict", help="find faces in photos and predict their expressions",
                        description="Find faces in ordinary photos (OpenCV's Haar cascade, the optional extra "
                        "facedapt[detect]), crop each with a margin and predict its expression and yaw. Exit 0 when "
                        "a face was found in at least one photo, 2 when in none or when a photo cannot be read.")
@@ -343,12 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-detect", action="store_true", help="no face detection: each photo (its center square) is one face")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("sweep", help="one run per grid point, seed and target subject (local or SLURM)",
+    p = add("sweep", help="one run per grid point, seed and target subject (local or SLURM)",
                        description="Run a recipe once per combination of --grid values, seeds and target subjects. "
                        "Each job lives in SWEEP_DIR/<hash of its resolved recipe>/ with a DONE marker once finished; "
                        "running the same command again skips finished jobs and resumes broken ones.")
     p.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
-    p.add_argument("overrides", nargs="*", help="key=value or ~key, applied to every job")
+    _overrides(p, help=f"{OVERRIDE_HELP}; applied to every job")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="swept key and its values (repeat for a product); commas inside {} or [] do not split")
     p.add_argument("--seeds", default="1", help="a count (3: seeds 0,1,2) or a list (0,5,7); default 1")
@@ -367,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="write the job directories and list them; run nothing")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("compare", help="tables of mean and std over seeds and subjects from results.json files",
+    p = add("compare", help="tables of mean and std over seeds and subjects from results.json files",
                        description="Aggregate the results.json files found under the given run or sweep directories "
                        "into a table: rows grouped by recipe, method, swept keys and selection rule (or --by), mean "
                        "and std over seeds of the mean over subjects, and the spread over subjects.")
@@ -375,17 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.add_argument("--by", metavar="KEYS", help="comma-separated grouping keys (results.json fields or swept keys), "
                    "e.g. method or method,selection")
+    p.add_argument("--against", nargs="+", metavar="GROUP", help="baseline groups (a recipe or method name, or any "
+                   "grouping value): adds each row's paired difference against each, over (seed, subject) pairs, "
+                   "with a 95%% interval and the pairs improved")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the table here instead of printing it")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("data", help="generate synthetic faces or inspect a dataset")
+    # `data` and its actions each take the common options; their -p lists are kept apart.
+    p = sub.add_parser("data", parents=[_common_options(top=False, plugin_dest="data_plugin_opts")],
+                       help="generate synthetic faces or inspect a dataset")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    q = dsub.add_parser("synth", help="write a synthetic face set as PNG files plus manifest.csv")
+    q = dsub.add_parser("synth", parents=[common], help="write a synthetic face set as PNG files plus manifest.csv")
     q.add_argument("--preset", help="preset name (default: the default preset)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="output folder")
     q.set_defaults(func=cmd_data_synth)
-    q = dsub.add_parser("inspect", help="counts per expression, subject and pose, and every problem found")
+    q = dsub.add_parser("inspect", parents=[common],
+                        help="counts per expression, subject and pose, and every problem found")
     q.add_argument("--dataset", required=True, help="registered dataset name (kdef, multipie, manifest, ...)")
     q.add_argument("--root", required=True, help="dataset root folder (or manifest file)")
     q.add_argument("--json", action="store_true")
@@ -402,17 +449,49 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss}</green> {level: <7} {message}")
 
 
+def _check_extra(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """What argparse left over may only be overrides of a command that takes them, placed after
+    options (``run pada --run-dir d train.steps=3``)."""
+    unknown = [e for e in extra if args.command not in RECIPE_ARGS or e.startswith("-") or not is_override(e)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+
+def _arrange(args: argparse.Namespace, extra: list[str]) -> None:
+    """Sort a command's positional arguments into recipe(s) and overrides by their form alone:
+    ``key=value`` and ``~key`` are overrides wherever they stand, the rest are recipes."""
+    kind = RECIPE_ARGS.get(args.command)
+    if kind is None:
+        return
+    named = [args.recipe] if kind == "one" else args.recipes if kind == "many" else []
+    given = [*named, *args.overrides, *extra]
+    recipes = [a for a in given if not is_override(a)]
+    args.overrides = [*(a for a in given if is_override(a)), *args.set_overrides]
+    allowed = {"none": 0, "one": 1, "many": len(recipes)}[kind]
+    if len(recipes) > allowed:
+        takes = {"none": "no recipe", "one": "one recipe"}[kind]
+        raise UsageError(f"{args.command}: {recipes[allowed]!r}: an override must look like key=value or ~key "
+                         f"({args.command} takes {takes})")
+    if kind != "none" and not recipes:
+        raise UsageError(f"{args.command}: no recipe given (arguments with '=' or a leading '~' are overrides)")
+    if kind == "one":
+        args.recipe = recipes[0]
+    elif kind == "many":
+        args.recipes = recipes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # `run` overrides may follow options: `run pada --run-dir d train.steps=3`
-        if args.command in ("run", "adapt", "eval", "sweep") and all(("=" in e and not e.startswith("-")) or e.startswith("~") for e in extra):
-            args.overrides = [*args.overrides, *extra]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    for level in ("data_plugin_opts", "sub_plugin_opts"):  # -p after the name of a (nested) subcommand
+        args.plugin_opts = [*args.plugin_opts, *getattr(args, level, [])]
+    _check_extra(parser, args, extra)
     _configure_logging(args)
     try:
-        return int(args.func(args) or 0)
+        _arrange(args, extra)
+        args.blocked = parse_plugin_options(args.plugin_opts)
+        with command_line_block(args.blocked):
+            return int(args.func(args) or 0)
     except FacedaptError as exc:
         if args.debug:
             raise

@@ -30,12 +30,19 @@ class Entry:
 
 
 class Registry:
-    """Name -> factory for one family. ``register`` works plainly or as a decorator."""
+    """Name -> factory for one family. ``register`` works plainly or as a decorator.
 
-    def __init__(self, family: str) -> None:
+    ``trace``, when given, is called with each registration (the plugin manager passes a pluggy
+    tag tracer, which writes only while plugin tracing is on)."""
+
+    def __init__(self, family: str, trace: Callable[..., object] | None = None) -> None:
         self.family = family
         self._entries: dict[str, Entry] = {}
         self.origin = Origin("<library>", "<local>", "")  # set by the manager per plugin
+        self._trace = trace
+
+    def __repr__(self) -> str:  # what a traced hook call shows as its argument
+        return f"<Registry {self.family} for {self.origin.plugin} ({self.origin.distribution})>"
 
     def register(self, name: str, factory: Callable[..., Any] | None = None) -> Any:
         if factory is None:
@@ -53,6 +60,8 @@ class Registry:
                 f"and by {self.origin.distribution} ({self.origin.plugin})"
             )
         self._entries[name] = Entry(name, factory, self.origin)
+        if self._trace is not None:
+            self._trace("register", self.family, name, "by", self.origin.plugin, f"({self.origin.distribution})")
         return factory
 
     def __contains__(self, name: str) -> bool:

@@ -82,11 +82,13 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert rows[fam, name]["version"] == facedapt.__version__
 
 
-def test_plugins_block_builtin_module(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _cli(capsys, "-p", "no:metrics", "plugins", "--json")
+@pytest.mark.parametrize("argv", [["-p", "no:augmentations", "plugins", "--json"],
+                                  ["plugins", "--json", "-p", "no:augmentations"]])
+def test_plugins_block_builtin_module(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(capsys, *argv)
     assert rc == 0
     families = json.loads(out)["families"]
-    assert families["metrics"] == [] and families["backbones"]
+    assert families["augmentations"] == [] and families["backbones"]
 
 
 def test_plugins_lists_failed_plugin(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,7 +159,8 @@ def bad_yaml(tmp_path: Path) -> Path:
     (["validate", "pada", "--set", "train.steps=0"], "train.steps: must be positive"),
     (["-p", "nosuch", "validate", "pada"], "-p 'nosuch': expected -p no:NAME"),
     (["-p", "no:", "plugins"], "expected -p no:NAME"),
-    (["-p", "no:metrics", "validate", "pada"], "unknown metric 'accuracy'"),
+    (["-p", "no:augmentations", "validate", "pada"], "unknown augmentation 'flip'"),
+    (["validate", "pada", "-p", "no:augmentations"], "unknown augmentation 'flip'"),
     (["run", "pada", "train.steps", "--run-dir", "{tmp}/run"], "must look like key=value"),
     (["run", "{tmp}/nosuch.yaml"], "no such recipe file"),
 ])

@@ -14,11 +14,16 @@ from facedapt.engine.run import Runner
 from facedapt.errors import PluginError, RecipeError
 from facedapt.hookspecs import FAMILIES
 from facedapt.plugin_manager import (
+    ALLOW_ENV,
     AUTOLOAD_ENV,
     BUILTIN_PLUGINS,
+    ESSENTIAL_PLUGINS,
+    TRACE_ENV,
+    command_line_block,
     get_plugins,
     load_plugins,
 )
+from facedapt.recipe.schema import Component, EvalConfig, Recipe
 from facedapt.recipe.validate import validate
 from facedapt.registry import Origin, Registry
 
@@ -92,9 +97,9 @@ def test_every_family_has_a_registry_and_builtins_are_registered_plugins() -> No
 
 def test_get_plugins_is_cached_unless_blocking() -> None:
     assert get_plugins() is get_plugins()
-    blocked = get_plugins(["facedapt_plugins.metrics"])
+    blocked = get_plugins(["facedapt_plugins.augmentations"])
     assert blocked is not get_plugins()
-    assert blocked.registry("metrics").names() == []
+    assert blocked.registry("augmentations").names() == []
 
 
 def test_register_as_decorator_and_plainly() -> None:
@@ -258,3 +263,136 @@ def test_plugin_with_bad_hooks_is_reported_and_skipped(source: str, error: str, 
     assert [f.name for f in plugins.failed] == ["typo"] and error in plugins.failed[0].error
     assert plugins.pm.get_plugin("typo") is None
     assert "typo_net" not in plugins.registry("backbones") and "convnet" in plugins.registry("backbones")
+
+
+# -- essential built-ins, the command-line block, allow-list and tracing ----------------------
+def _default_components(cls: type = Recipe) -> list[str]:
+    """Registered names (not dotted paths) that the schema's default components name, at any depth."""
+    import typing
+
+    import attrs
+
+    hints = typing.get_type_hints(cls)
+    names = []
+    for field in attrs.fields(cls):
+        default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default  # type: ignore[arg-type]
+        if isinstance(default, Component) and "." not in default.name:
+            names.append(default.name)
+        if attrs.has(hints[field.name]) and hints[field.name] is not Component:
+            names.extend(_default_components(hints[field.name]))
+    return names
+
+
+def test_essential_plugins_are_those_the_defaults_name() -> None:
+    named = {*_default_components(), *EvalConfig().metrics}  # metrics are named by plain strings
+    assert {"personalized", "accuracy", "uar", "macro_f1"} <= named
+    plugins = get_plugins()
+    providers = {e.origin.plugin for fam in FAMILIES for e in plugins.registry(fam) if e.name in named}
+    assert providers == set(ESSENTIAL_PLUGINS)  # every provider is essential, and nothing more is
+
+
+@pytest.mark.parametrize("name", ["metrics", "facedapt_plugins.protocols"])
+def test_essential_plugins_cannot_be_blocked(name: str) -> None:
+    with pytest.raises(PluginError, match=f"plugins.block: '{name}': the built-in plugin .* is essential"):
+        load_plugins(block=[name])
+    with pytest.raises(PluginError, match=f"-p no:{name}: .* cannot be blocked"):
+        with command_line_block([name]):
+            pass
+
+
+def test_command_line_block_adds_to_every_load_and_is_lifted(thirdparty: Path) -> None:
+    with command_line_block(["thirdparty", "augmentations"]):
+        for plugins in (get_plugins(), get_plugins(["heads"]), load_plugins(extra=[toy_plugin])):
+            assert "tiny_cnn" not in plugins.registry("backbones")
+            assert plugins.registry("augmentations").names() == []
+        assert get_plugins(["heads"]).registry("heads").names() == []  # the recipe's own list still counts
+    plugins = get_plugins()
+    assert "tiny_cnn" in plugins.registry("backbones") and plugins.registry("augmentations").names()
+
+
+@pytest.fixture
+def two_plugins(site: Path) -> Path:
+    for name in ("alpha", "beta"):
+        source = f"""
+            from facedapt import hookimpl
+
+            @hookimpl
+            def facedapt_register_backbones(registry):
+                registry.register("{name}_net", object)
+        """
+        make_distribution(site, f"fd_{name}", "1.0", f"fd_{name}", source, {name: f"fd_{name}"})
+    return site
+
+
+def _third_party_backbones(plugins) -> set[str]:  # noqa: ANN001 - a Plugins
+    return {e.name for e in plugins.registry("backbones") if e.origin.distribution != "facedapt"}
+
+
+@pytest.mark.parametrize(("allow", "autoload_off", "expected"), [
+    (None, False, {"alpha_net", "beta_net"}),
+    ("alpha", False, {"alpha_net"}),
+    (" beta , ", False, {"beta_net"}),
+    ("", False, set()),  # set but empty: no third-party plugin
+    ("alpha", True, {"alpha_net"}),  # naming a plugin loads it even with autoloading off
+    ("alpha,beta", False, {"alpha_net", "beta_net"}),
+])
+def test_allow_list_loads_only_the_named(allow: str | None, autoload_off: bool, expected: set[str], two_plugins: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if allow is not None:
+        monkeypatch.setenv(ALLOW_ENV, allow)
+    if autoload_off:
+        monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    plugins = load_plugins()
+    assert _third_party_backbones(plugins) == expected
+    assert "convnet" in plugins.registry("backbones") and plugins.failed == []
+
+
+def test_allow_list_and_block_and_missing_names(two_plugins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOW_ENV, "alpha,beta,gamma")
+    plugins = load_plugins(block=["beta"])
+    assert _third_party_backbones(plugins) == {"alpha_net"}  # blocking wins over allowing
+    assert [(f.name, f.distribution) for f in plugins.failed] == [("gamma", "<not installed>")]
+    assert ALLOW_ENV in plugins.failed[0].error
+
+
+def test_tracing_shows_every_registration(thirdparty: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    load_plugins()
+    assert capsys.readouterr().err == ""  # silent unless switched on
+    monkeypatch.setenv(TRACE_ENV, "1")
+    plugins = load_plugins(block=["augmentations"])
+    err = capsys.readouterr().err
+    assert "built-in facedapt_plugins.backbones [load]" in err
+    assert "skip facedapt_plugins.augmentations (blocked) [load]" in err
+    assert "entry point thirdparty (fd_thirdparty 0.1) [load]" in err
+    # Each plugin's registration is its own traced hook call, showing the names it registers.
+    assert "facedapt_register_backbones [hook]" in err
+    assert "registry: <Registry backbones for thirdparty (fd_thirdparty)>" in err
+    assert "register backbones tiny_cnn by thirdparty (fd_thirdparty) [registry]" in err
+    for family in FAMILIES:
+        for entry in plugins.registry(family):
+            assert f"register {family} {entry.name} by {entry.origin.plugin} " in err
+    # Lifecycle hooks go through the same manager: traced too.
+    plugins.hook.facedapt_on_run_end(run=None, results={})
+    assert "facedapt_on_run_end [hook]" in capsys.readouterr().err
+
+
+def test_registration_goes_through_hook_call_monitoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pluggy
+
+    calls: list[tuple[str, list[str]]] = []
+    original = pluggy.PluginManager.check_pending
+
+    def monitor_after_check(self: pluggy.PluginManager) -> None:  # installed just before registrations
+        original(self)
+        self.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append((name, [i.plugin_name for i in impls])),
+                                     lambda *args: None)
+
+    monkeypatch.setattr(pluggy.PluginManager, "check_pending", monitor_after_check)
+    plugins = load_plugins(extra=[toy_plugin])
+    assert ("facedapt_register_backbones", ["facedapt_plugins.backbones"]) in calls
+    assert ("facedapt_register_datasets", ["toy_plugin"]) in calls
+    registering = {impl.plugin_name for name in (f"facedapt_register_{f}" for f in FAMILIES)
+                   for impl in getattr(plugins.hook, name).get_hookimpls()}
+    assert {p for _, impls in calls for p in impls} == registering  # one monitored call per plugin
+    assert all(len(impls) == 1 for _, impls in calls)

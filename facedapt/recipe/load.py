@@ -118,6 +118,12 @@ def _parse_key(key: str, source: str) -> list[str]:
     return parts
 
 
+def is_override(arg: str) -> bool:
+    """``key=value`` or ``~key``: on the command line such an argument is an override, never a
+    recipe file, whatever files exist."""
+    return "=" in arg or arg.startswith("~")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "command line") -> dict[str, Any]:
     """``a.b=v`` sets (v parsed as YAML: numbers, lists, null), ``~a.b`` deletes."""
     out = copy.deepcopy(data)
