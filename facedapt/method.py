@@ -19,7 +19,8 @@ class Batch:
     """A batch already gathered, moved to the device and normalized (float images).
 
     Label fields are None where they are hidden: a target batch carries only images unless
-    the method declares ``uses_target_labels`` (and pose only with ``use_target_pose``).
+    the method declares ``uses_target_labels`` (pose only with ``use_target_pose``, landmarks
+    only with ``use_target_landmarks``).
     """
 
     images: torch.Tensor

@@ -94,11 +94,12 @@ def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor
 
 
 def gather(samples: Samples, index: torch.Tensor, device: torch.device, *, labels: bool = True, pose: bool = True,
-           channels_last: bool = False) -> Batch:
+           landmarks: bool = True, channels_last: bool = False) -> Batch:
     """Gather ``index`` from the store, move to ``device`` and normalize there.
 
     ``labels=False`` leaves expression, subject and capture out; ``pose=False`` leaves pose
-    out: hidden fields are None, so a method cannot read them.
+    out; ``landmarks=False`` leaves landmarks out: hidden fields are None, so a method cannot
+    read them.
     """
     nb = device.type == "cuda"
     images = normalize(samples.images[index].to(device, non_blocking=nb), channels_last)
@@ -113,7 +114,7 @@ def gather(samples: Samples, index: torch.Tensor, device: torch.device, *, label
         capture=take(samples.capture) if labels else None,
         yaw=take(samples.yaw) if pose else None,
         pose_bin=take(samples.pose_bin) if pose else None,
-        landmarks=take(samples.landmarks),
+        landmarks=take(samples.landmarks) if landmarks else None,
     )
 
 

@@ -61,6 +61,19 @@ class StepContext:
         self.phase = phase
         self.step = 0
         self.skipped = False
+        self._scaled: set[str] = set()  # groups the scaler stepped since its last update
+
+    def begin_step(self, step: int) -> None:
+        """Called by the loop before the method's step."""
+        self.step, self.skipped = step, False
+
+    def end_step(self) -> None:
+        """Called by the loop after the method's step: the loss scale is updated once per step,
+        from the overflow checks of every group stepped in it (several updates a step would grow
+        the scale several times as fast, and a group that overflowed would not hold back the next)."""
+        if self.scaler is not None and self._scaled:
+            self.scaler.update()
+        self._scaled.clear()
 
     @property
     def progress(self) -> float:
@@ -92,13 +105,18 @@ class StepContext:
 
     def update(self, loss: torch.Tensor, group: str = "main", terms: dict[str, torch.Tensor] | None = None,
                retain_graph: bool = False) -> bool:
-        """Backward ``loss`` and step optimizer ``group``; returns False if the step was skipped."""
+        """Backward ``loss`` and step optimizer ``group``; returns False if the step was skipped.
+
+        Under fp16 the loss scale is updated by :meth:`end_step`, or here first when ``group`` was
+        already stepped in this step (GradScaler allows one step per optimizer between updates)."""
         if not self.check_finite(terms or {"loss": loss}):
             self.optimizers[group].zero_grad(set_to_none=True)
             return False
         opt = self.optimizers[group]
         opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
+            if group in self._scaled:
+                self.end_step()
             self.scaler.scale(loss).backward(retain_graph=retain_graph)
             # The loss scale is the same on every rank, so averaging scaled gradients is exact,
             # and an overflow on one rank reaches all of them (inf stays inf): all skip together.
@@ -107,7 +125,7 @@ class StepContext:
                 self.scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(self.params[group], self.grad_clip)
             self.scaler.step(opt)
-            self.scaler.update()
+            self._scaled.add(group)
         else:
             loss.backward(retain_graph=retain_graph)
             distributed.average_gradients(self.params[group])  # a no-op in a single process

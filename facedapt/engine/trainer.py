@@ -146,7 +146,7 @@ class PhaseRunner:
         self.progress.start(label, spec.steps, step)
         try:
             while step < spec.steps:
-                ctx.step, ctx.skipped = step, False
+                ctx.begin_step(step)
                 gidx = src_sampler.next_global()
                 idx = src_sampler.shard(gidx)
                 sb = gather(src.samples, idx, device, channels_last=t.channels_last)
@@ -157,11 +157,13 @@ class PhaseRunner:
                 tb = None
                 if tgt_sampler is not None and spec.target is not None:
                     tb = gather(spec.target.samples, tgt_sampler.next(), device, labels=labels_on_target,
-                                pose=labels_on_target or r.data.use_target_pose, channels_last=t.channels_last)
+                                pose=labels_on_target or r.data.use_target_pose,
+                                landmarks=labels_on_target or r.data.use_target_landmarks, channels_last=t.channels_last)
                     if r.data.augment_target:
                         tb = self._augment(tb, seed_of(r.seed, spec.phase, spec.seed, step, "aug-t",
                                                        *([rank] if rank else [])))
                 losses = method.train_step(StepBatch(sb, tb), ctx)
+                ctx.end_step()
                 for sched in schedulers:
                     sched.step()
                 step += 1

@@ -42,6 +42,7 @@ class DataConfig:
     target_holdout: float = _f(0.0, "fraction of each target's images held out for evaluation (0: transductive)")
     source_val: float = _f(0.1, "fraction of source subjects held out for the `source_val` selection rule")
     use_target_pose: bool = _f(False, "let methods read target pose labels (off: they never see them)")
+    use_target_landmarks: bool = _f(False, "let methods (and target augmentations) read target landmarks, ground truth where a dataset has them (off: they never see them)")
     sampler: Literal["random", "balanced"] = _f("random", "source sampling: uniform, or balanced over subject and pose")
     augment: list[Component] = _f(factory=list, help="on-device augmentations applied to source batches, in order")
     augment_target: bool = _f(False, "apply the same augmentations to target batches")
