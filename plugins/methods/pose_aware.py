@@ -355,36 +355,29 @@ class PoseAwareADA(Method):
         return loss
 
     def _reconstruction(self, src: Batch, fs: dict[str, dict[str, torch.Tensor]], tgt: Batch | None) -> torch.Tensor:
-        """L_rec over source, target and cross-pose pairs, decoded in one pass: a face from its
-        own f_e, f_p and identity code; a partner view from f_e of the first view and f_p of
-        the partner (so f_e must carry the expression whatever the pose)."""
+        """L_rec over source, target and cross-pose pairs: a face from its own f_e, f_p and
+        identity code; a partner view from f_e of the first view and f_p of the partner (so f_e
+        must carry the expression whatever the pose). Each set is decoded in its own pass, so
+        the decoder's batch statistics never mix the domains (nor real codes with swapped ones);
+        one loss over all of them weighs every image alike."""
         m = self.models
-        codes, images, subjects = [], [], []
-        f_s = fs["source"]
-        codes.append((f_s["expression"], f_s.get("pose")))
-        images.append(src.images)
-        subjects.append(src.subject)
+        sets = [(fs["source"]["expression"], fs["source"].get("pose"), src.subject, src.images)]
         if "target" in fs and tgt is not None:
-            f_t = fs["target"]
-            codes.append((f_t["expression"], f_t.get("pose")))
-            images.append(tgt.images)
-            subjects.append(torch.full((len(tgt.images),), self.target_identity, device=tgt.images.device,
-                                       dtype=torch.long))
+            target_id = torch.full((len(tgt.images),), self.target_identity, device=tgt.images.device, dtype=torch.long)
+            sets.append((fs["target"]["expression"], fs["target"].get("pose"), target_id, tgt.images))
         if "partner" in fs and src.partner is not None:
             k = len(fs["partner"]["pose"])
-            codes.append((f_s["expression"][:k], fs["partner"]["pose"]))
-            images.append(src.partner.images[:k])
-            subjects.append(src.subject[:k] if src.subject is not None else None)
-        parts = [torch.cat([c[0] for c in codes])]
-        if self.pose_branch:
-            parts.append(torch.cat([c[1] for c in codes]))
-        if "identity" in m and all(s is not None for s in subjects):
-            parts.append(m["identity"](torch.cat(subjects)))
-        reconstruction = m["decoder"](torch.cat(parts, 1)).float()
-        goal = torch.cat(images).float()
+            sets.append((fs["source"]["expression"][:k], fs["partner"]["pose"],
+                         src.subject[:k] if src.subject is not None else None, src.partner.images[:k]))
+        with_identity = "identity" in m and all(s[2] is not None for s in sets)
+        outputs = []
+        for expression, pose, subject, _ in sets:
+            code = [expression] + ([pose] if self.pose_branch else []) + ([m["identity"](subject)] if with_identity else [])
+            outputs.append(m["decoder"](torch.cat(code, 1)).float())
+        goal = torch.cat([s[3] for s in sets]).float()
         if goal.shape[-1] != self.rec_size:
             goal = F.interpolate(goal, size=(self.rec_size, self.rec_size), mode="area")
-        return self.rec_loss(reconstruction, goal)
+        return self.rec_loss(torch.cat(outputs), goal)
 
 
 class _no_param_grad:
