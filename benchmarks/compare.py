@@ -1,17 +1,25 @@
-"""Method comparison on the built-in synthetic faces (personalized protocol).
+"""Method comparison on the built-in synthetic faces: benchmark protocol v2 (personalized).
 
-Every row adapts from the same source model per seed (trained once by the pose-aware recipe
-with all its networks), so rows differ only in what they do on the target person. Each target
-subject's images are split in halves: methods adapt on one half (unlabelled; the
-target-supervised upper bound uses its labels) and are measured on the other.
+- People: each seed draws new synthetic people (the dataset seed follows the run seed); the first
+  ``--targets`` people of a seed are its target people, every other person is source data.
+- Holdout: each target person's captures (all views of one expression instance) are split in
+  halves, stratified by expression: methods adapt on one half (unlabelled; the target-supervised
+  upper bound uses its labels) and are scored on the other.
+- Source models: every row trains its own source model per seed, except a row listed in
+  ``SHARES``, which differs from the row it names in adaptation-time terms alone and adapts from
+  that row's saved source model. The table names each row's source model.
+- Before/after: every run records each person's accuracy with the row's source model before
+  adaptation, on the same images.
+- Statistics (facedapt.compare, facedapt.stats; the same as ``facedapt compare --against``):
+  mean and sample std over seeds; every (seed, person) result kept; paired differences against
+  source-only, AdaBN and DANN with a 95% paired-t interval and the count of people improved.
 
-    python benchmarks/compare.py                 # quick configuration (about an hour on 2 cores)
-    python benchmarks/compare.py --full          # the documented full-size configuration
+    python benchmarks/compare.py --jobs 2          # quick configuration (about an hour on 2 cores)
+    python benchmarks/compare.py --full            # the documented full-size configuration
 
-Runs are kept under --workdir and skipped when their results.json exists, so an interrupted
-benchmark continues where it stopped. Writes benchmarks/results/compare.{json,md}. The table
-statistics come from facedapt.compare (shared with `facedapt compare`, which builds the same
-kind of table from a `facedapt sweep`: see docs/scaling.md).
+Runs are kept under --workdir and skipped when their results.json exists (an interrupted run is
+resumed), so an interrupted benchmark continues where it stopped. Writes
+benchmarks/results/compare.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-from facedapt.compare import breakdowns, markdown, summarize_group
+from facedapt.compare import add_paired, markdown, paired_cell, summarize_group
+from facedapt.stats import excludes_zero
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_ROWS = ["source_only", "adabn", "dann", "cdan", "pada", "target_supervised"]
 ABLATIONS = ["pada_no_cross", "pada_no_reconstruction", "pada_no_pose", "pada_shared_norm"]
+BASELINES = ["source_only", "adabn", "dann"]
 LABELS = {
     "source_only": "source-only",
     "adabn": "AdaBN",
@@ -44,22 +55,40 @@ LABELS = {
     "pada_shared_norm": "  with shared normalization",
     "target_supervised": "target-supervised (upper bound, uses target labels)",
 }
+#: row -> the row whose source model it adapts from. Only for rows that differ from that row in
+#: adaptation-time terms alone; every ablation here drops a source-time term (cross terms,
+#: reconstruction, pose branch, normalization), so none shares.
+SHARES: dict[str, str] = {}
+#: Development people come from this dataset seed, which no reported row uses
+#: (benchmarks/choose_defaults.py chooses the recipes' defaults on them).
+DEV_DATASET_SEED = 1000
 
 
-def configuration(full: bool) -> dict:
+def configuration(full: bool) -> dict[str, Any]:
+    """Rows' common overrides. Quick: 48-pixel faces, batch 32, fp32 (what ``auto`` picks on a
+    CPU without fast bf16), sized to finish in about 90 minutes on such a 2-core CPU."""
     if full:
-        return {"targets": 10, "seeds": 5, "ablation_seeds": 3, "overrides": [
+        return {"targets": 10, "seeds": 5, "overrides": [
             "train.source_steps=3000", "train.steps=300", "model.backbone={name: resnet18}"]}
-    return {"targets": 6, "seeds": 3, "ablation_seeds": 1, "overrides": []}
+    return {"targets": 8, "seeds": 3, "overrides": [
+        "data.dataset.image_size=48", "train.batch_size=32", "train.precision=fp32"]}
 
 
-def subjects_setting(targets: int) -> list[str]:
-    """The first ``targets`` held-out subjects, each adapted on half its images (unlabelled) and
-    measured on the other half."""
-    return [f"data.target_subjects={{first: {targets}}}", "data.target_holdout=0.5"]
+def people(seed: int, targets: int, dataset_seed: int | None = None) -> list[str]:
+    """A seed's people: the dataset seed follows the run seed (new identities and personal
+    styles per seed); the first ``targets`` people are targets, each adapted on half its
+    captures (unlabelled) and scored on the other half."""
+    ds = seed if dataset_seed is None else dataset_seed
+    return [f"seed={seed}", f"data.dataset.seed={ds}", f"data.target_subjects={{first: {targets}}}",
+            "data.target_holdout=0.5"]
+
+
+def source_of(row: str) -> str:
+    return SHARES.get(row, row)
 
 
 def run(recipe: str, run_dir: Path, overrides: list[str], threads: int, start: bool = True) -> dict | None:
+    """One facedapt run (skipped when finished, resumed when interrupted); its results.json."""
     done = run_dir / "results.json"
     if not done.is_file() and not start:
         return None
@@ -70,18 +99,34 @@ def run(recipe: str, run_dir: Path, overrides: list[str], threads: int, start: b
             cmd.append("--resume")
         print("  $", " ".join(cmd[3:]), flush=True)
         # Several single-threaded jobs use a small machine better than one job whose threads
-        # spin-wait for each other.
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run(cmd, check=True, env=env)
+        # spin-wait for each other; reports are built later, on demand (`facedapt report`).
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEDAPT_NO_REPORT": "1"}
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads(done.read_text())
+
+
+def plan(rows: list[str], seeds: list[int], targets: int, common: list[str],
+         workdir: Path) -> list[tuple[str, int, Path, list[str], Path | None]]:
+    """(row, seed, run dir, overrides, run dir whose source model it needs or None) per run:
+    seed by seed, so finished seeds give a table early; rows that share come after their source."""
+    jobs = []
+    for seed in seeds:
+        for row in sorted(rows, key=lambda r: r in SHARES):
+            ov = [*people(seed, targets), *common]
+            base = None
+            if row in SHARES:
+                base = workdir / f"seed{seed}" / SHARES[row]
+                ov += [f"train.init_from={base / 'source' / 'model.pt'}", "train.source_steps=0"]
+            jobs.append((row, seed, workdir / f"seed{seed}" / row, ov, base))
+    return jobs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="the full-size configuration")
-    ap.add_argument("--seeds", type=int, help="seeds for the main rows")
-    ap.add_argument("--ablation-seeds", type=int)
-    ap.add_argument("--targets", type=int, help="number of target subjects")
+    ap.add_argument("--seeds", type=int, help="seeds (each with new people)")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--targets", type=int, help="target people per seed")
     ap.add_argument("--rows", nargs="*", help="only these rows (recipe names)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="threads per run")
@@ -92,45 +137,27 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
     args = ap.parse_args()
     cfg = configuration(args.full)
-    seeds = args.seeds or cfg["seeds"]
-    ab_seeds = args.ablation_seeds or cfg["ablation_seeds"]
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or cfg["seeds"])))
     targets = args.targets or cfg["targets"]
-    common = [*subjects_setting(targets), *cfg["overrides"], *args.overrides]
+    common = [*cfg["overrides"], *args.overrides]
     rows = args.rows or MAIN_ROWS + ABLATIONS
+    missing = sorted({SHARES[r] for r in rows if r in SHARES} - set(rows))
+    if missing:
+        ap.error(f"--rows: {', '.join(missing)} must run too (others adapt from its source model)")
     started = time.perf_counter()
-    base_dirs = {seed: args.workdir / f"seed{seed}" / "pada" for seed in range(seeds)}
+    jobs = plan(rows, seeds, targets, common, args.workdir)
+    outcomes: dict[tuple[str, int], Any] = {}
     with ThreadPoolExecutor(args.jobs) as pool:
-        # Each seed's source model first (its rows start from it); rows of a seed whose model
-        # is ready run while later seeds' models still train. Bases are queued first, so a
-        # row waiting for its base never starves it.
-        start = not args.report_only
-        base_futures = {s: pool.submit(run, "pada", base_dirs[s], [f"seed={s}", *common], args.threads, start)
-                        for s in base_dirs}
-        jobs = []
-        for seed in range(seeds):
-            warm = [f"train.init_from={base_dirs[seed] / 'source' / 'model.pt'}", "train.source_steps=0"]
-            for row in rows:
-                if row == "pada" or (row in ABLATIONS and seed >= ab_seeds):
-                    continue
-                jobs.append((row, seed, [f"seed={seed}", *common, *warm]))
-        jobs.sort(key=lambda j: (j[0] in ABLATIONS, j[1]))  # every seed's main rows before ablations
-
-        def after_base(job: tuple) -> dict | None:
-            row, seed, overrides = job
-            if base_futures[seed].result() is None:  # report-only and the base is unfinished
-                return None
-            return run(row, args.workdir / f"seed{seed}" / row, overrides, args.threads, start)
-
-        outcomes = list(pool.map(after_base, jobs))
-        bases = {s: f.result() for s, f in base_futures.items()}
-    results: dict[str, list[dict]] = {r: [] for r in rows}
-    for (row, _seed, _ov), res in zip(jobs, outcomes):
-        if res is not None:
-            results[row].append(res)
-    if "pada" in results:
-        results["pada"] = [bases[s] for s in range(seeds) if bases[s] is not None]
-
-    report = summarize(results, seeds, ab_seeds, targets, common, time.perf_counter() - started)
+        futures = {}
+        for row, seed, run_dir, ov, base in jobs:
+            def job(row=row, run_dir=run_dir, ov=ov, seed=seed, base=base) -> dict | None:
+                if base is not None and futures[(source_of(row), seed)].result() is None:
+                    return None  # report-only, and the source model's run has not finished
+                return run(row, run_dir, ov, args.threads, not args.report_only)
+            futures[(row, seed)] = pool.submit(job)
+        outcomes = {k: f.result() for k, f in futures.items()}
+    results: dict[str, list[dict]] = {r: [outcomes[(r, s)] for s in seeds if outcomes.get((r, s))] for r in rows}
+    report = summarize(results, targets, seeds, common, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     md = render(report)
@@ -138,45 +165,90 @@ def main() -> None:
     print(md)
 
 
-def summarize(results: dict[str, list[dict]], seeds: int, ab_seeds: int, targets: int, overrides: list[str],
-              seconds: float) -> dict:
-    # Per-row statistics come from the library, so this table and `facedapt compare` agree.
-    base = summarize_group(results["source_only"])["per_subject"] if results.get("source_only") else None
-    rows = {name: {"label": LABELS.get(name, name), **summarize_group(runs, base)}
+def summarize(results: dict[str, list[dict]], targets: int, seeds: list[int], overrides: list[str],
+              seconds: float) -> dict[str, Any]:
+    """compare.json: per row its statistics (facedapt.compare, the same as `facedapt compare`),
+    every (seed, person) result, paired differences against the baselines, and the goal check."""
+    rows = {name: {"label": LABELS.get(name, name), "source_model": _source_label(name), **summarize_group(runs)}
             for name, runs in results.items() if runs}
-    goal = {}
-    if "pada" in rows and "source_only" in rows:
-        d = rows["pada"]["per_subject_delta"]
-        goal = {"mean_gain_over_source_only": rows["pada"]["accuracy_mean"] - rows["source_only"]["accuracy_mean"],
-                "worst_subject_delta": min(d.values()) if d else None,
-                "gain_over_adabn": rows["pada"]["accuracy_mean"] - rows["adabn"]["accuracy_mean"] if "adabn" in rows else None}
-    return {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
-            "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:]), "seeds": seeds,
-            "ablation_seeds": ab_seeds, "targets": targets, "overrides": overrides, "selection": "last",
-            "seconds": round(seconds), "rows": rows, "goal": goal}
+    add_paired(rows, [b for b in BASELINES if b in rows])
+    return {"date": date.today().isoformat(), "machine": _machine(), "command": "python benchmarks/compare.py "
+            + " ".join(sys.argv[1:]), "protocol": "v2: new people per seed, capture-disjoint holdout 0.5",
+            "seeds": seeds, "targets": targets, "overrides": overrides, "selection": "last",
+            "interval": "95% paired t over (seed, person) pairs", "seconds": round(seconds), "rows": rows,
+            "goal": goal(rows)}
 
 
-def render(rep: dict) -> str:
+def goal(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The bar pose-aware ADA works toward: a mean gain over AdaBN and over DANN whose 95%
+    interval is above 0, and no person more than 3 points below the source model."""
+    if "pada" not in rows:
+        return {}
+    r = rows["pada"]
+    out: dict[str, Any] = {}
+    for b in ("adabn", "dann"):
+        if b in r.get("paired", {}):
+            p = r["paired"][b]
+            out[f"over_{b}"] = {**p, "met": excludes_zero(p) and p["mean"] > 0}
+    if "gain" in r:
+        out["worst_person_gain"] = r["gain"]["worst"]
+        out["no_person_below_3_points"] = r["gain"]["worst"] >= -0.03
+    return out
+
+
+def _source_label(row: str) -> str:
+    src = source_of(row)
+    return "its own (per seed)" if src == row else f"{LABELS.get(src, src).strip()}'s (adaptation-time terms differ)"
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, CPU only" + (f", ONEDNN_MAX_CPU_ISA={isa}" if isa else "")
+
+
+def render(rep: dict[str, Any]) -> str:
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}"
-    intro = (f"Personalized adaptation on the synthetic faces ({rep['date']}, {rep['machine']}); "
-             f"{rep['targets']} target subjects, main rows {rep['seeds']} seeds, ablations {rep['ablation_seeds']}; "
-             f"selection rule `{rep['selection']}`; `{rep['command']}` ({rep['seconds'] // 60} min).")
-    header = ["method", "seeds", "target accuracy % (mean ± std over seeds)", "UAR %", "spread over subjects",
-              "pose from f_e", "expression from f_p", "adapt s/subject"]
-    cells = [[r["label"], str(r["seeds"]), f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}", pct(r["uar_mean"]),
-              pct(r["subject_std"]), pct(r["leakage"].get("pose_from_expression")),
-              pct(r["leakage"].get("expression_from_pose")), f"{r['adapt_seconds_per_subject']:.1f}"]
-             for r in rep["rows"].values()]
-    out = [markdown(header, cells, intro)]
     rows = rep["rows"]
-    if "source_only" in rows:
-        out.append(breakdowns({r["label"]: r for r in rows.values()}, list(rows["source_only"]["per_subject"]),
-                              list(rows["source_only"]["per_yaw"])))
-    if rep["goal"]:
-        g = rep["goal"]
-        out.append(f"Goal check: mean gain over source-only {100 * g['mean_gain_over_source_only']:+.1f} points (goal +5); "
-                   f"worst subject {100 * g['worst_subject_delta']:+.1f} points (goal no worse than -3); "
-                   f"gain over AdaBN {100 * (g['gain_over_adabn'] or 0):+.1f} points (goal > 0).\n")
+    intro = (f"Personalized adaptation on the synthetic faces, protocol {rep['protocol']} ({rep['date']}, "
+             f"{rep['machine']}); {rep['targets']} target people x {len(rep['seeds'])} seeds (new people per seed); "
+             f"selection rule `{rep['selection']}`; `{rep['command']}` ({rep['seconds'] // 60} min). "
+             f"Differences in points, {rep['interval']}, * where the interval excludes 0, "
+             "(people improved / pairs).")
+    against = [b for b in BASELINES if b in rows]
+    header = ["method", "source model", "accuracy % (mean ± sd over seeds)", "before → gain (own source model)",
+              *(f"vs {LABELS[b].strip()}" for b in against), "pose from f_e", "expression from f_p"]
+    cells = []
+    for name, r in rows.items():
+        g = r.get("gain")
+        before = (f"{pct(r['source_accuracy_mean'])} → {100 * g['mean']:+.1f} (worst {100 * g['worst']:+.1f}, "
+                  f"{g['improved']}/{g['n']} improved)") if g else "-"
+        cells.append([r["label"], r["source_model"], f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}", before,
+                      *(paired_cell(r["paired"].get(b)) if b != name else "-" for b in against),
+                      pct(r["leakage"].get("pose_from_expression")), pct(r["leakage"].get("expression_from_pose"))])
+    out = [markdown(header, cells, intro)]
+    yaws = sorted({y for r in rows.values() for y in r["per_yaw"]}, key=int)
+    if yaws:
+        out += ["Per yaw (degrees): accuracy % (mean over seeds and people)", "",
+                "| method | " + " | ".join(yaws) + " |", "|---|" + "---|" * len(yaws)]
+        out += [f"| {r['label']} | " + " | ".join(pct(r["per_yaw"].get(y)) for y in yaws) + " |" for r in rows.values()]
+        out.append("")
+    g = rep.get("goal") or {}
+    if g:
+        parts = []
+        for b in ("adabn", "dann"):
+            if f"over_{b}" in g:
+                x = g[f"over_{b}"]
+                parts.append(f"over {LABELS[b].strip()} {paired_cell(x)}: {'met' if x['met'] else 'not met'}")
+        if "worst_person_gain" in g:
+            parts.append(f"worst person {100 * g['worst_person_gain']:+.1f} points against its source model "
+                         f"(goal no worse than -3): {'met' if g['no_person_below_3_points'] else 'not met'}")
+        out.append("Goal check (pose-aware ADA): " + "; ".join(parts) + ".\n")
     return "\n".join(out)
 
 

@@ -43,14 +43,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Bench, interleaved, machine, update_docs
-from compare import run, subjects_setting
+from compare import people, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def setting(args: argparse.Namespace, seed: int) -> list[str]:
     """The comparison's setting, so its runs and these are alike."""
-    return [f"seed={seed}", *subjects_setting(args.targets), *args.extra]
+    return [*people(seed, args.targets), *args.extra]
 
 
 def step_costs(recipe: str, rounds: int, steps: int) -> dict:

@@ -64,6 +64,7 @@ def _load(args: argparse.Namespace, recipe: str) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from facedapt.engine.distributed import env_rank
+    from facedapt.engine.results import summary_lines
     from facedapt.engine.run import run
 
     rank = env_rank()
@@ -75,10 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = run(loaded, run_dir=args.run_dir, resume=args.resume, allow_changed=args.allow_changed_recipe)
     if rank > 0:
         return 0
-    print(f"target accuracy {results['target_accuracy']:.4f} (selection: {results['selection']}) over "
-          f"{len(results['per_subject'])} target(s)")
-    for sid, v in results["per_subject"].items():
-        print(f"  {sid}: {v['accuracy']:.4f} (n={v['n']})")
+    print("\n".join(summary_lines(results)))
     return 0
 
 

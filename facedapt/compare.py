@@ -2,10 +2,12 @@
 
 Runs are grouped (by default by recipe, method, selection rule and every swept key) and each
 group is summarized over seeds and target subjects: per seed, the mean over its subjects; the
-table gives the mean and standard deviation of those per-seed means, and the spread (standard
-deviation) over subjects of their per-subject means. A group's runs may each hold all
+table gives the mean and sample standard deviation of those per-seed means, and the spread
+(standard deviation) over subjects of their per-subject means. A group's runs may each hold all
 subjects of a seed (plain runs) or one subject each (sweep jobs): both give the same numbers.
-Every table names the model selection rule of its rows.
+Every (seed, subject) result is kept under ``pairs``, so that two groups can be compared pair by
+pair (:func:`add_paired`, statistics in :mod:`facedapt.stats`). Every table names the model
+selection rule of its rows.
 
 Used by ``facedapt compare`` and by ``benchmarks/compare.py``.
 """
@@ -24,6 +26,7 @@ from typing import Any
 import attrs
 
 from facedapt.errors import UsageError
+from facedapt.stats import excludes_zero, paired, sample_std
 
 METRICS = ("accuracy", "uar", "macro_f1")
 #: Keys a sweep records per job that are averaged over, never grouped by.
@@ -95,8 +98,9 @@ def _mean(xs: Iterable[float]) -> float:
     return statistics.fmean(xs) if xs else float("nan")
 
 
-def _std(xs: Sequence[float]) -> float:
-    return statistics.pstdev(xs) if len(xs) > 1 else 0.0
+def pair_key(seed: Any, subject: str) -> str:
+    """How a (seed, subject) result is named in ``pairs``."""
+    return f"{seed}/{subject}"
 
 
 def summarize_group(results: Sequence[dict[str, Any]], baseline: dict[str, float] | None = None) -> dict[str, Any]:
@@ -112,29 +116,60 @@ def summarize_group(results: Sequence[dict[str, Any]], baseline: dict[str, float
     yaws = sorted({y for r in results for y in r.get("per_yaw", {})}, key=lambda y: int(y))
     leak_keys = sorted({k for r in results for k in (r.get("leakage") or {})})
     adapt = [s for r in results for s in (r.get("timing", {}).get("per_subject_adapt") or {}).values()]
+    pairs = {pair_key(seed, sid): v for seed, subj in by_seed.items() for sid, v in subj.items()}
     row: dict[str, Any] = {
         "runs": len(results), "seeds": len(by_seed), "subjects": len(subjects),
+        "pairs": {k: {m: v[m] for m in ("accuracy", "source_accuracy", "gain") if m in v} for k, v in pairs.items()},
         "selection": sorted({str(r.get("selection")) for r in results}),
-        "subject_std": _std(list(per_subject.values())),
+        "subject_std": sample_std(list(per_subject.values())),
         "per_subject": per_subject,
         "per_yaw": {y: _mean(r["per_yaw"][y] for r in results if y in r.get("per_yaw", {})) for y in yaws},
         "leakage": {k: _mean(r["leakage"][k] for r in results if k in (r.get("leakage") or {})) for k in leak_keys},
         "adapt_seconds_per_subject": _mean(adapt),
     }
     for m in METRICS:
-        row[f"{m}_mean"], row[f"{m}_std"] = _mean(seed_means[m]), _std([x for x in seed_means[m] if not math.isnan(x)])
+        row[f"{m}_mean"], row[f"{m}_std"] = _mean(seed_means[m]), sample_std(seed_means[m])
+    gains = [v["gain"] for v in pairs.values() if "gain" in v]
+    if gains:  # before/after on the row's own source model
+        row["source_accuracy_mean"] = _mean(v["source_accuracy"] for v in pairs.values() if "source_accuracy" in v)
+        row["gain"] = {"mean": _mean(gains), "worst": min(gains), "improved": sum(g > 0 for g in gains),
+                       "n": len(gains)}
     if baseline is not None:
         row["per_subject_delta"] = {sid: acc - baseline[sid] for sid, acc in per_subject.items() if sid in baseline}
     return row
+
+
+def accuracies(row: dict[str, Any]) -> dict[str, float]:
+    """A row's accuracy per (seed, subject) pair."""
+    return {k: v["accuracy"] for k, v in row["pairs"].items()}
+
+
+def add_paired(rows: dict[str, dict[str, Any]], baselines: Sequence[str]) -> None:
+    """``rows[name]["paired"][baseline]``: each row against each baseline row, pair by pair
+    (mean difference, 95% interval, pairs, pairs improved); a row is not compared with itself."""
+    for name, row in rows.items():
+        row["paired"] = {b: paired(accuracies(row), accuracies(rows[b])) for b in baselines
+                         if b in rows and b != name}
+
+
+def paired_cell(p: dict[str, Any] | None) -> str:
+    """``+3.1 [+0.4, +5.8]*`` in points; the star marks an interval that excludes 0."""
+    if not p or p["n"] == 0:
+        return "-"
+    lo, hi = p["ci95"]
+    star = "*" if excludes_zero(p) else ""
+    return f"{100 * p['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{star} ({p['improved']}/{p['n']})"
 
 
 def _natural(s: str) -> tuple:
     return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
 
 
-def compare(paths: Iterable[str | Path], keys: Sequence[str] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+def compare(paths: Iterable[str | Path], keys: Sequence[str] | None = None,
+            against: Sequence[str] = ()) -> tuple[list[str], list[dict[str, Any]]]:
     """Find, group and summarize; returns the grouping keys and one row per group (each row
-    with its key values under "key")."""
+    with its key values under "key"). ``against`` names baseline groups (by any of their key
+    values, e.g. a recipe or method name): every row gets paired differences against each."""
     runs = find_runs(paths)
     if not runs:
         raise UsageError("no results.json of a finished run found under " + ", ".join(map(str, paths)))
@@ -142,7 +177,20 @@ def compare(paths: Iterable[str | Path], keys: Sequence[str] | None = None) -> t
     rows = []
     for values, members in group_runs(runs, keys).items():
         rows.append({"key": dict(zip(keys, values)), **summarize_group([m.results for m in members])})
+    if against:
+        named = {_row_name(r, keys): r for r in rows}
+        for name in against:
+            matches = [n for n, r in named.items() if name in r["key"].values()]
+            if len(matches) != 1:
+                found = "no group" if not matches else f"{len(matches)} groups ({'; '.join(matches)})"
+                raise UsageError(f"--against {name}: {found} has that value; groups: {'; '.join(named)}")
+            named[name] = named.pop(matches[0])
+        add_paired(named, list(against))
     return keys, rows
+
+
+def _row_name(row: dict[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={row['key'][k]}" for k in keys)
 
 
 def selection_note(rows: Sequence[dict[str, Any]]) -> str:
@@ -162,14 +210,16 @@ def _pct(x: float) -> str:
 def table_rows(keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison table (percent, one decimal)."""
     shown = [k for k in keys if k != "selection"]
+    against = list(dict.fromkeys(b for r in rows for b in r.get("paired", {})))
     header = [*shown, "selection", "seeds", "subjects", "accuracy % (mean ± std over seeds)", "UAR %", "macro-F1 %",
-              "spread over subjects"]
+              "spread over subjects", *(f"vs {b}: points [95% CI] (improved/pairs)" for b in against)]
     cells = []
     for r in rows:
         cells.append([*(r["key"][k] for k in shown), ",".join(r["selection"]), str(r["seeds"]), str(r["subjects"]),
                       f"{_pct(r['accuracy_mean'])} ± {_pct(r['accuracy_std'])}",
                       f"{_pct(r['uar_mean'])} ± {_pct(r['uar_std'])}",
-                      f"{_pct(r['macro_f1_mean'])} ± {_pct(r['macro_f1_std'])}", _pct(r["subject_std"])])
+                      f"{_pct(r['macro_f1_mean'])} ± {_pct(r['macro_f1_std'])}", _pct(r["subject_std"]),
+                      *(paired_cell(r.get("paired", {}).get(b)) for b in against)])
     return header, cells
 
 
@@ -177,6 +227,9 @@ def render(keys: Sequence[str], rows: Sequence[dict[str, Any]], fmt: str = "md",
     """The table in ``md``, ``latex`` or ``csv``; the caption (markdown/LaTeX) or a comment
     line (CSV) names the selection rule."""
     note = selection_note(rows)
+    if any(r.get("paired") for r in rows):
+        note += ("; vs columns: paired differences over (seed, subject) pairs with a 95% paired-t interval, "
+                 "* where it excludes 0")
     caption = f"{caption}; {note}" if caption else note[0].upper() + note[1:]
     header, cells = table_rows(keys, rows)
     if fmt == "md":

@@ -129,6 +129,11 @@ def _sections(data: dict[str, Any]) -> list[tuple[str, Table | str]]:
     out: list[tuple[str, Table | str]] = []
 
     rows = [[f"target {m}", f"{_fmt(res.get(f'target_{m}'))} ± {_fmt(res.get(f'target_{m}_std'))}"] for m in metrics]
+    if "source_accuracy" in res:
+        improved = f"{res.get('subjects_improved', '-')} of {len(res.get('per_subject', {}))}"
+        rows += [["before adaptation (source model, same images)", _fmt(res["source_accuracy"])],
+                 ["gain (points)", f"{100 * res['gain']:+.1f}; {improved} targets improved, worst "
+                                   f"{100 * res.get('worst_gain', float('nan')):+.1f}"]]
     rows += [["source-val accuracy", _fmt(res.get("source_val_accuracy"))],
              ["targets", str(len(res.get("per_subject", {})))],
              ["selection", str(res.get("selection", "-"))]]
@@ -142,11 +147,13 @@ def _sections(data: dict[str, Any]) -> list[tuple[str, Table | str]]:
     per_subject = res.get("per_subject", {})
     if per_subject:
         adapt_s = res.get("timing", {}).get("per_subject_adapt", {})
-        head = ["subject", *metrics, "n", "selected step", "adapt s"]
+        before = any("source_accuracy" in v for v in per_subject.values())
+        head = ["subject", *metrics, *(["before", "gain (points)"] if before else []), "n", "selected step", "adapt s"]
         rows = []
         for sid, v in per_subject.items():
             sub = data["subjects"].get(sid, {}).get("results", {})
-            rows.append([sid, *(_fmt(v.get(m)) for m in metrics), str(v.get("n", "-")),
+            change = [_fmt(v.get("source_accuracy")), f"{100 * v['gain']:+.1f}" if "gain" in v else "-"] if before else []
+            rows.append([sid, *(_fmt(v.get(m)) for m in metrics), *change, str(v.get("n", "-")),
                          _fmt(sub.get("selected_step")), _fmt(adapt_s.get(sid), 1)])
         out.append(("Per subject", (head, rows)))
 
@@ -280,7 +287,7 @@ def _plots(data: dict[str, Any], plot_dir: Path) -> list[tuple[str, str]]:
         old.unlink()
     makers = [("Training curves", "training_curves.png", _plot_training_curves),
               ("Confusion matrix (all targets)", "confusion.png", _plot_confusion),
-              ("Accuracy per subject", "per_subject.png", _plot_per_subject),
+              ("Accuracy per subject, before and after adaptation", "per_subject.png", _plot_per_subject),
               ("Accuracy per yaw", "per_yaw.png", _plot_per_yaw),
               ("Expression features, 2-D PCA per target", "features.png", _plot_features)]
     done = []
@@ -395,11 +402,21 @@ def _plot_per_subject(data: dict[str, Any]) -> Any:
         return None
     ids = list(per_subject)
     acc = [float(per_subject[s].get("accuracy", float("nan"))) for s in ids]
-    fig = _figure(max(5.0, 0.45 * len(ids) + 2.5), 3.6)
+    before = [per_subject[s].get("source_accuracy") for s in ids]
+    paired = all(b is not None for b in before)
+    fig = _figure(max(5.0, (0.7 if paired else 0.45) * len(ids) + 2.5), 3.6)
     ax = fig.subplots()
-    bars = ax.bar(range(len(ids)), acc, color="C0", width=0.6)
-    if len(ids) <= 20:
-        ax.bar_label(bars, labels=[_fmt(a, 2) for a in acc], fontsize=8, padding=2)
+    if paired:  # before (the source model) and after, side by side; the gain above each pair
+        x = [i - 0.19 for i in range(len(ids))]
+        ax.bar(x, before, color="0.7", width=0.38, label="before adaptation (source model)")
+        bars = ax.bar([i + 0.19 for i in range(len(ids))], acc, color="C0", width=0.38, label="after adaptation")
+        if len(ids) <= 20:
+            gains = [f"{100 * (a - b):+.0f}" for a, b in zip(acc, before)]
+            ax.bar_label(bars, labels=gains, fontsize=8, padding=2)
+    else:
+        bars = ax.bar(range(len(ids)), acc, color="C0", width=0.6)
+        if len(ids) <= 20:
+            ax.bar_label(bars, labels=[_fmt(a, 2) for a in acc], fontsize=8, padding=2)
     mean = res.get("target_accuracy")
     if isinstance(mean, float) and not math.isnan(mean):
         ax.axhline(mean, color="C1", linestyle="-", linewidth=1.2, label=f"mean target {mean:.3f}")
@@ -439,6 +456,11 @@ def _plot_per_yaw(data: dict[str, Any]) -> Any:
     ys = sorted(per_yaw, key=int)
     ax.plot([int(y) for y in ys], [per_yaw[y] for y in ys], color="black", linewidth=2.2, marker="o",
             label="mean over targets")
+    before = res.get("source_per_yaw", {})
+    if before:
+        yb = sorted(before, key=int)
+        ax.plot([int(y) for y in yb], [before[y] for y in yb], color="black", linewidth=1.4, linestyle="--",
+                marker="o", markerfacecolor="white", label="before adaptation")
     classes = res.get("classes") or []
     if classes:
         ax.axhline(1 / len(classes), color="grey", linestyle=":", linewidth=1, label="chance")

@@ -46,7 +46,7 @@ def _subject_target(samples: Samples, sid: str, source: Domain, val: Domain | No
     idx = samples.indices_of_subject(sid)
     if len(idx) == 0:
         raise DataError(f"target subject {sid!r} has no images in dataset {samples.dataset!r}")
-    adapt, evaluate = split_holdout(idx, request.target_holdout, request.seed)
+    adapt, evaluate = split_holdout(samples, idx, request.target_holdout, request.seed)
     return Target(sid, source, val, Domain(samples, adapt), Domain(samples, labelled(samples, evaluate)))
 
 
@@ -86,7 +86,7 @@ class CrossDataset:
         src, val = _source_domains(source, [], request)
         if self.per_subject:
             return [_subject_target(target, sid, src, val, request) for sid in select_subjects(target, request.target_subjects)]
-        adapt, evaluate = split_holdout(torch.arange(len(target)), request.target_holdout, request.seed)
+        adapt, evaluate = split_holdout(target, torch.arange(len(target)), request.target_holdout, request.seed)
         return [Target(target.dataset, src, val, Domain(target, adapt), Domain(target, labelled(target, evaluate)))]
 
 

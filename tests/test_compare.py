@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import yaml
 from conftest import benchmark_module
 
 from facedapt import compare
@@ -63,7 +66,7 @@ def sweep_dir(tmp_path: Path) -> Path:
 def _expected(method: str) -> tuple[float, float, float]:
     seed_means = [statistics.fmean(ACC[(method, s)].values()) for s in (0, 1)]
     per_subject = [statistics.fmean(ACC[(method, s)][sid] for s in (0, 1)) for sid in ("A", "B")]
-    return statistics.fmean(seed_means), statistics.pstdev(seed_means), statistics.pstdev(per_subject)
+    return statistics.fmean(seed_means), statistics.stdev(seed_means), statistics.stdev(per_subject)
 
 
 def test_mean_and_std_over_seeds_and_subjects(runs_dir: Path) -> None:
@@ -122,15 +125,91 @@ def test_no_results_is_a_usage_error(tmp_path: Path) -> None:
         compare.compare([tmp_path / "missing"])
 
 
-def test_benchmark_table_comes_from_the_library(tmp_path: Path) -> None:
+def test_benchmark_table_comes_from_the_library() -> None:
     bench = benchmark_module("compare")
     results = {m: [result(m, s, ACC[("dann" if m == "source_only" else "pada", s)]) for s in (0, 1)]
                for m in ("source_only", "pada")}
-    report = bench.summarize(results, 2, 1, 2, [], 60.0)
+    for m, runs in results.items():  # before/after on each row's own source model
+        for r in runs:
+            for v in r["per_subject"].values():
+                v["source_accuracy"], v["gain"] = 0.5, v["accuracy"] - 0.5
+    report = bench.summarize(results, 2, [0, 1], [], 60.0)
     mean, std, _ = _expected("pada")
-    assert report["rows"]["pada"]["accuracy_mean"] == pytest.approx(mean)
-    assert report["rows"]["pada"]["accuracy_std"] == pytest.approx(std)
-    assert report["goal"]["mean_gain_over_source_only"] == pytest.approx(mean - _expected("dann")[0])
+    row = report["rows"]["pada"]
+    assert row["accuracy_mean"] == pytest.approx(mean) and row["accuracy_std"] == pytest.approx(std)
+    assert set(row["pairs"]) == {"0/A", "0/B", "1/A", "1/B"}  # every (seed, person) result is kept
+    assert row["paired"]["source_only"]["mean"] == pytest.approx(mean - _expected("dann")[0])
+    assert row["gain"]["worst"] == pytest.approx(0.2) and report["goal"]["no_person_below_3_points"]
+    assert row["source_model"] == "its own (per seed)"
     text = bench.render(report)
-    assert "selection rule `last`" in text and "Per target subject" in text and "Goal check" in text
-    assert f"{100 * mean:.1f} ± {100 * std:.1f}" in text
+    assert "selection rule `last`" in text and "Per yaw" in text and "Goal check" in text
+    assert f"{100 * mean:.1f} ± {100 * std:.1f}" in text and "vs source-only" in text
+
+
+def test_benchmark_baseline_trains_its_own_source_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row of the benchmark is a run of its own recipe: a baseline's source model is its
+    own (trained by that recipe, never loaded from the pose-aware run)."""
+    bench = benchmark_module("compare")
+    tiny = ["data.dataset={name: synthetic, preset: tiny}", "data.augment=[]", "model.backbone.width=8",
+            "train.precision=fp32", "train.source_steps=4", "train.steps=2", "train.batch_size=8",
+            "train.eval_every=0", "train.checkpoint_every=0", "eval.probe_steps=2"]
+    monkeypatch.setattr(bench, "configuration", lambda full: {"targets": 2, "seeds": 1, "overrides": tiny})
+    work, out = tmp_path / "work", tmp_path / "out" / "compare"
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--rows", "source_only", "pada", "--jobs", "1",
+                                      "--workdir", str(work), "--out", str(out)])
+    bench.main()
+    for row in ("source_only", "pada"):
+        recipe = yaml.safe_load((work / "seed0" / row / "recipe.yaml").read_text())
+        assert recipe["train"].get("init_from") is None and recipe["train"]["source_steps"] == 4
+        assert recipe["data"]["dataset"]["seed"] == 0 and recipe["data"]["target_holdout"] == 0.5
+        saved = torch.load(work / "seed0" / row / "source" / "model.pt", weights_only=True)
+        assert saved["method"] == row and saved["kind"] == "source"
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert set(report["rows"]["pada"]["pairs"]) == {"0/S001", "0/S002"}
+    assert report["rows"]["pada"]["paired"]["source_only"]["n"] == 2
+    assert all("source_accuracy" in v for v in report["rows"]["source_only"]["pairs"].values())
+
+
+def test_benchmark_seeds_draw_new_people() -> None:
+    bench = benchmark_module("compare")
+    jobs = bench.plan(["source_only", "pada"], [0, 1], 8, [], Path("w"))
+    seeds = {(row, seed): ov for row, seed, _dir, ov, _base in jobs}
+    assert "data.dataset.seed=0" in seeds[("pada", 0)] and "data.dataset.seed=1" in seeds[("pada", 1)]
+    assert all(not any(o.startswith("train.init_from") for o in ov) for ov in seeds.values())
+    assert bench.DEV_DATASET_SEED not in range(0, 100)
+
+
+def test_paired_difference_against_a_hand_computed_example() -> None:
+    from facedapt.stats import paired, t_quantile
+
+    # Differences 0.01, 0.02, 0.04 (pair "2/c" exists in only one row and is left out): mean
+    # 0.02333, sample sd 0.015275, t(0.975, 2) = 4.3027, half-width 0.037946.
+    a = {"0/a": 0.51, "0/b": 0.62, "1/a": 0.44, "2/c": 0.9}
+    b = {"0/a": 0.50, "0/b": 0.60, "1/a": 0.40}
+    p = paired(a, b)
+    assert p["n"] == 3 and p["improved"] == 3 and p["method"] == "paired t"
+    assert p["mean"] == pytest.approx(0.0233333, abs=1e-6)
+    assert p["ci95"] == pytest.approx([0.0233333 - 0.037946, 0.0233333 + 0.037946], abs=1e-5)
+    assert t_quantile(0.975, 2) == pytest.approx(4.3027, abs=1e-4)
+    assert t_quantile(0.975, 23) == pytest.approx(2.0687, abs=1e-4)
+    assert t_quantile(0.025, 9) == pytest.approx(-2.2622, abs=1e-4)
+    assert paired(b, a)["improved"] == 0
+
+
+def test_compare_pairs_rows_by_seed_and_subject(runs_dir: Path, sweep_dir: Path) -> None:
+    from facedapt.stats import paired
+
+    for path, key in ((runs_dir, "method"), (sweep_dir, "method.name")):
+        keys, rows = compare.compare([path], [key], against=["dann"])
+        by = {r["key"][key]: r for r in rows}
+        assert set(by["pada"]["pairs"]) == {"0/A", "0/B", "1/A", "1/B"}
+        want = paired({f"{s}/{k}": v for (m, s), d in ACC.items() if m == "pada" for k, v in d.items()},
+                      {f"{s}/{k}": v for (m, s), d in ACC.items() if m == "dann" for k, v in d.items()})
+        got = by["pada"]["paired"]["dann"]
+        assert got["mean"] == pytest.approx(0.1) and got["improved"] == 3 and got["n"] == 4
+        assert got["ci95"] == pytest.approx(want["ci95"])
+        assert "dann" not in by["dann"]["paired"]  # never against itself
+        table = compare.render(keys, rows)
+        assert "vs dann" in table and "+10.0 [" in table
+    with pytest.raises(UsageError, match="--against cdan: no group"):
+        compare.compare([runs_dir], ["method"], against=["cdan"])

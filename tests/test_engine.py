@@ -187,6 +187,11 @@ def test_each_method_runs(method: str, extra: tuple[str, ...], toy_plugins: Plug
     n = results["per_subject"]["T00"]["n"]
     assert n == (9 if method == "target_supervised" else 18)
     assert (tmp_path / "run" / "subjects" / "T00" / "model.pt").is_file()
+    # Before/after on the same images: a method that changes nothing on the target has no gain.
+    v = results["per_subject"]["T00"]
+    assert v["gain"] == pytest.approx(v["accuracy"] - v["source_accuracy"])
+    if method == "source_only":
+        assert v["gain"] == 0.0 and results["gain"] == 0.0
 
 
 def test_training_never_reads_target_labels(toy_plugins: Plugins, tmp_path: Path) -> None:

@@ -60,13 +60,20 @@ def test_run_writes_report(finished: Path) -> None:
     results = json.loads((finished / "results.json").read_text(encoding="utf-8"))
     md = (finished / "report.md").read_text(encoding="utf-8")
     page = (finished / "report.html").read_text(encoding="utf-8")
-    assert "| subject | accuracy | uar | macro_f1 | n |" in md
+    assert "| subject | accuracy | uar | macro_f1 | before | gain (points) | n |" in md
     for sid, v in results["per_subject"].items():
-        row = f"| {sid} | {v['accuracy']:.4f} | {v['uar']:.4f} | {v['macro_f1']:.4f} | {v['n']} |"
+        # Before/after: the source model's accuracy on the same images, and the change.
+        assert v["gain"] == pytest.approx(v["accuracy"] - v["source_accuracy"])
+        row = (f"| {sid} | {v['accuracy']:.4f} | {v['uar']:.4f} | {v['macro_f1']:.4f} | {v['source_accuracy']:.4f} | "
+               f"{100 * v['gain']:+.1f} | {v['n']} |")
         assert row in md, row
         assert f"<td>{sid}</td><td>{v['accuracy']:.4f}</td>" in page
     mean = f"{results['target_accuracy']:.4f} ± {results['target_accuracy_std']:.4f}"
     assert f"| target accuracy | {mean} |" in md
+    assert results["source_accuracy"] == pytest.approx(
+        sum(v["source_accuracy"] for v in results["per_subject"].values()) / len(results["per_subject"]))
+    assert f"| before adaptation (source model, same images) | {results['source_accuracy']:.4f} |" in md
+    assert f"| gain (points) | {100 * results['gain']:+.1f};" in md
     for yaw in results["per_yaw"]:  # the per-yaw table, signed degrees
         assert f"| {int(yaw):+d}°" in md or (yaw == "0" and "| 0° |" in md)
     for probe in results["leakage"]:

@@ -71,16 +71,48 @@ def select_subjects(samples: Samples, spec: Any, key: str = "data.target_subject
     return chosen
 
 
-def split_holdout(indices: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(adapt, evaluate): transductive (both all of ``indices``) when fraction is 0."""
+def split_holdout(samples: Samples, indices: torch.Tensor, fraction: float,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(adapt, evaluate): transductive (both all of ``indices``) when fraction is 0.
+
+    Whole captures go to one side (every view of one expression instance), so no evaluated
+    image has another view of its own capture among the adaptation images; within each
+    expression a ``fraction`` of its captures is held out (at least one where the expression
+    has two or more), so both sides see every expression. An image of unknown capture is a
+    capture of its own.
+    """
     if fraction <= 0:
         return indices, indices
     g = torch.Generator().manual_seed(seed)
-    perm = indices[torch.randperm(len(indices), generator=g)]
-    n_eval = max(1, int(round(len(indices) * fraction)))
-    if n_eval >= len(indices):
-        raise DataError(f"data.target_holdout={fraction} leaves no images to adapt on ({len(indices)} images)")
-    return perm[n_eval:].sort().values, perm[:n_eval].sort().values
+    capture = samples.capture[indices]
+    # Unknown captures (-1) become singletons, numbered past every real capture id.
+    singles = int(capture.max()) + 1 + torch.arange(len(indices)) if len(indices) else capture
+    capture = torch.where(capture < 0, singles, capture)
+    caps, first = _first_of_each(capture)
+    cap_expr = samples.expression[indices[first]]
+    held = torch.zeros(len(caps), dtype=torch.bool)
+    for expr in cap_expr.unique().tolist():
+        members = torch.nonzero(cap_expr == expr).flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        n_eval = int(round(len(members) * fraction))
+        if len(members) > 1:
+            n_eval = min(max(n_eval, 1), len(members) - 1)
+        held[members[:n_eval]] = True
+    if not held.any():  # every expression had a single capture: hold out whole captures anyway
+        held[torch.randperm(len(caps), generator=g)[:max(1, int(round(len(caps) * fraction)))]] = True
+    if held.all():
+        raise DataError(f"data.target_holdout={fraction} leaves no images to adapt on "
+                        f"({len(indices)} images in {len(caps)} captures)")
+    evaluate = torch.isin(capture, caps[held])
+    return indices[~evaluate], indices[evaluate]
+
+
+def _first_of_each(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct values (sorted) and, for each, the position of its first occurrence."""
+    uniq, inverse = torch.unique(values, return_inverse=True)
+    first = torch.full((len(uniq),), len(values), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(len(values)), reduce="amin")
+    return uniq, first
 
 
 def labelled(samples: Samples, indices: torch.Tensor) -> torch.Tensor:

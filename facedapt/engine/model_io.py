@@ -230,7 +230,8 @@ def evaluate_dataset(model: Model, dataset: str, options: dict[str, Any] | None 
     """
     from facedapt.data.splits import Domain, labelled
     from facedapt.engine.evaluate import predict_domain, score
-    from facedapt.engine.run import _params, aggregate, materialize_dataset
+    from facedapt.engine.results import aggregate
+    from facedapt.engine.run import _params, materialize_dataset
     from facedapt.recipe.schema import Component
     from facedapt.registry import bind_kwargs
 

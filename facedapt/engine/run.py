@@ -15,11 +15,9 @@ Directory layout::
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import signal
-import statistics
 import threading
 import time
 from datetime import datetime
@@ -33,19 +31,20 @@ from loguru import logger
 from torch import nn
 
 import facedapt
-from facedapt.data.samples import EXPRESSIONS, NUM_POSE_BINS, Samples
+from facedapt.data.samples import NUM_POSE_BINS, Samples
 from facedapt.data.splits import Domain, SplitRequest, Target
 from facedapt.data.store import materialize
 from facedapt.engine import checkpoint, distributed
 from facedapt.engine.context import BuildContext
 from facedapt.engine.evaluate import leakage, predict_domain, score
 from facedapt.engine.precision import autocast, pick_device, resolve_precision
+from facedapt.engine.results import aggregate, summary_lines
 from facedapt.engine.trainer import PhaseRunner, PhaseSpec, seed_of
 from facedapt.errors import CheckpointError, DataError, StorageError, UsageError
 from facedapt.method import Method
 from facedapt.plugin_manager import Plugins, get_plugins
 from facedapt.recipe.load import LoadedRecipe, recipe_digest, write_resolved
-from facedapt.recipe.schema import Component, Recipe
+from facedapt.recipe.schema import Component
 from facedapt.recipe.validate import validate
 
 
@@ -274,8 +273,7 @@ class Runner:
         if main:
             _write_json(self.run_dir / "results.json", results)
             self.plugins.hook.facedapt_on_run_end(run=run, results=results)
-            logger.info("target accuracy {:.4f} over {} target(s); results in {}", results["target_accuracy"],
-                        len(per_subject), self.run_dir / "results.json")
+            logger.info("{}; results in {}", summary_lines(results)[0], self.run_dir / "results.json")
             _write_report(self.run_dir)
         distributed.barrier()  # results.json exists before any rank returns
         return results
@@ -322,6 +320,10 @@ class Runner:
                 idx = adapt.indices[start:start + r.eval.batch_size]
                 yield adapt.samples.images[idx].to(self.device).float().div_(127.5).sub_(1.0)
 
+        # Before: the source model as it is (source statistics), on the images that score the
+        # adapted model, so every run says how much adaptation changed.
+        before = score(target.evaluate, predict_domain(method, target.evaluate, self.device, r.eval.batch_size, self.amp,
+                                                       domain_name="source")["pred"], self.plugins, ["accuracy"], num_classes)
         torch.manual_seed(seed_of(r.seed, "adapt", target.id))
         method.start_adaptation(target_batches)
         selected = None
@@ -341,6 +343,8 @@ class Runner:
         main = distributed.is_main()
         if main:
             _save_features(tdir / "features.pt", out, target.evaluate, seed_of(r.seed, "features", target.id))
+        res["source_accuracy"], res["source_per_yaw"] = before["accuracy"], before["per_yaw"]
+        res["gain"] = res["accuracy"] - before["accuracy"]
         res["selected_step"] = selected
         res["seconds"] = round(seconds_adapt, 3)
         if target.source_val is not None:
@@ -359,39 +363,9 @@ class Runner:
             for old in checkpoint.periodic(tdir):
                 old.unlink(missing_ok=True)
             self.plugins.hook.facedapt_on_eval_end(run=run, results=res)
-        logger.info("target {}: accuracy {:.4f} (n={})", target.id, res["accuracy"], res["n"])
+        logger.info("target {}: accuracy {:.4f} (n={}), before adaptation {:.4f}, gain {:+.1f} points", target.id,
+                    res["accuracy"], res["n"], before["accuracy"], 100 * res["gain"])
         return res
-
-
-def aggregate(per_subject: dict[str, dict], r: Recipe, precision: str, num_classes: int) -> dict[str, Any]:
-    """results.json from per-target scores (each as ``score`` returns it, plus ``seconds``)."""
-    results: dict[str, Any] = {"method": r.method.name, "recipe": r.name, "seed": r.seed,
-                               "selection": r.eval.selection, "precision": precision}
-    if r.eval.selection == "oracle":
-        results["selection_note"] = "oracle: model chosen on target labels (an upper bound, not a result)"
-    for name in r.eval.metrics:
-        vals = [v[name] for v in per_subject.values() if not math.isnan(v[name])]
-        results[f"target_{name}"] = statistics.fmean(vals) if vals else float("nan")
-        results[f"target_{name}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
-    results["per_subject"] = {sid: {k: v[k] for k in (*r.eval.metrics, "n")} for sid, v in per_subject.items()}
-    yaws: dict[str, list[float]] = {}
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for v in per_subject.values():
-        for y, acc in v["per_yaw"].items():
-            yaws.setdefault(y, []).append(acc)
-        conf += torch.tensor(v["confusion"], dtype=torch.long)
-    results["per_yaw"] = {y: statistics.fmean(a) for y, a in sorted(yaws.items(), key=lambda kv: int(kv[0]))}
-    sv = [v["source_val_accuracy"] for v in per_subject.values() if "source_val_accuracy" in v]
-    results["source_val_accuracy"] = statistics.fmean(sv) if sv else None
-    leak: dict[str, list[float]] = {}
-    for v in per_subject.values():
-        for k, x in v.get("leakage", {}).items():
-            leak.setdefault(k, []).append(x)
-    results["leakage"] = {k: statistics.fmean(x) for k, x in leak.items()}
-    results["confusion"] = conf.tolist()
-    results["classes"] = list(EXPRESSIONS[:num_classes])
-    results["timing"] = {"per_subject_adapt": {sid: v["seconds"] for sid, v in per_subject.items() if "seconds" in v}}
-    return results
 
 
 def _install_stop_handlers(runner: Runner) -> dict[int, Any]:

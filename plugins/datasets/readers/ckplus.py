@@ -98,8 +98,10 @@ class CKPlus(Reader):
                     if index is None:
                         report.drop(native)
                         continue
+                    # The frames of one sequence showing one expression are one capture: a holdout
+                    # must not put one peak frame on each side.
                     out.append(Record(path=str(path), source=path, subject=subject, expression=index, yaw=0.0,
-                                      key=path.stem))
+                                      capture=f"{subject}/{seq_dir.name}/{native}", key=path.stem))
         if unlabelled:
             what = "kept only their first frame as neutral" if self.first_as_neutral else "skipped"
             # Not a problem: CK+ ships labels for only part of its sequences.

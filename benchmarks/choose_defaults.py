@@ -1,0 +1,137 @@
+"""Choose the adaptation defaults on development people, never on the people a table reports.
+
+Development people come from a dataset seed that no reported row uses
+(``compare.DEV_DATASET_SEED``), in the comparison's quick configuration and holdout (each person
+adapted on half its captures, unlabelled, and scored on the other half; scoring a development
+person with its labels is what development people are for). Per method, one source model is
+trained (by its first candidate's run); every other candidate adapts from it (candidates differ
+in adaptation-time settings alone):
+
+- adaptation steps 50, 100, 200 at the current learning rate and adversarial weight;
+- adaptation learning rate x0.3 and x3 at 100 steps;
+- adversarial weight x0.3 and x3 at 100 steps.
+
+The candidate with the best mean accuracy over the development people is chosen (ties: fewer
+steps). Writes benchmarks/results/choose_defaults.{json,md}; finished runs are kept under
+--workdir and skipped.
+
+    python benchmarks/choose_defaults.py --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import DEV_DATASET_SEED, LABELS, _machine, configuration, people, run  # noqa: E402
+
+import facedapt  # noqa: E402
+from facedapt.plugin_manager import get_plugins  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["pada", "dann"]
+
+
+def current(method: str) -> dict[str, float]:
+    """The method recipe's defaults: adaptation steps, learning rate and adversarial weight."""
+    r = facedapt.load_recipe(str(ROOT / "recipes" / f"{method}.yaml")).recipe
+    factory = get_plugins().registry("methods").get(r.method.name)
+    weight = r.method.kwargs.get("adv_weight", inspect.signature(factory).parameters["adv_weight"].default)
+    return {"steps": r.train.steps, "lr": float(r.train.adapt_optimizer.kwargs["lr"]), "adv_weight": float(weight)}
+
+
+def candidates(base: dict[str, float]) -> list[dict[str, float]]:
+    """A coordinate search around the defaults (each setting varied alone, at 100 steps)."""
+    out = [{**base, "steps": s} for s in (50, 100, 200)]
+    out += [{**base, "steps": 100, "lr": float(f"{base['lr'] * f:.3g}")} for f in (0.3, 3.0)]
+    out += [{**base, "steps": 100, "adv_weight": float(f"{base['adv_weight'] * f:.3g}")} for f in (0.3, 3.0)]
+    return out
+
+
+def name(c: dict[str, float]) -> str:
+    return f"steps{int(c['steps'])}-lr{c['lr']:g}-w{c['adv_weight']:g}"
+
+
+def overrides(c: dict[str, float]) -> list[str]:
+    # Mantissa with a point: YAML reads a bare 3e-05 as a string.
+    return [f"train.steps={int(c['steps'])}", f"train.adapt_optimizer.lr={c['lr']:.2e}",
+            f"method.adv_weight={c['adv_weight']:.3e}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--targets", type=int, default=8, help="development people")
+    ap.add_argument("--methods", nargs="*", default=METHODS)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / "choose_defaults")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "choose_defaults")
+    ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    dev = [*people(DEV_DATASET_SEED, args.targets, DEV_DATASET_SEED), *configuration(False)["overrides"], *args.overrides]
+    report: dict[str, Any] = {"date": date.today().isoformat(), "machine": _machine(),
+                              "command": "python benchmarks/choose_defaults.py " + " ".join(sys.argv[1:]),
+                              "dataset_seed": DEV_DATASET_SEED, "targets": args.targets, "overrides": dev,
+                              "methods": {}}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        # Each method's first candidate trains the source model; the others adapt from it.
+        futures = {}
+        for m in args.methods:
+            first, *rest = candidates(current(m))
+            base_dir = args.workdir / m / name(first)
+            base = pool.submit(run, m, base_dir, [*dev, *overrides(first)], args.threads)
+            futures[(m, name(first))] = (first, base)
+            for c in rest:
+                def job(m=m, c=c, base=base, base_dir=base_dir) -> dict:
+                    base.result()
+                    warm = [f"train.init_from={base_dir / 'source' / 'model.pt'}", "train.source_steps=0"]
+                    return run(m, args.workdir / m / name(c), [*dev, *warm, *overrides(c)], args.threads)
+                futures[(m, name(c))] = (c, pool.submit(job))
+        for m in args.methods:
+            rows = []
+            for (mm, _n), (c, f) in futures.items():
+                if mm != m:
+                    continue
+                res = f.result()
+                rows.append({**c, "accuracy": res["target_accuracy"], "source_accuracy": res.get("source_accuracy"),
+                             "per_person": {sid: v["accuracy"] for sid, v in res["per_subject"].items()}})
+            best = max(rows, key=lambda r: (round(r["accuracy"], 6), -r["steps"]))
+            report["methods"][m] = {"current": current(m), "candidates": rows, "chosen": {
+                k: best[k] for k in ("steps", "lr", "adv_weight")}, "chosen_accuracy": best["accuracy"]}
+    report["seconds"] = round(time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    md = render(report)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+def render(rep: dict[str, Any]) -> str:
+    out = [f"Defaults chosen on development people ({rep['date']}, {rep['machine']}): dataset seed "
+           f"{rep['dataset_seed']}, {rep['targets']} people, each adapted on half its captures and scored on the "
+           f"other half; `{rep['command']}` ({rep['seconds'] // 60} min).", ""]
+    for m, r in rep["methods"].items():
+        out += [f"{LABELS.get(m, m).strip()}: accuracy % by candidate (mean over people; before adaptation "
+                f"{100 * statistics.fmean(c['source_accuracy'] for c in r['candidates']):.1f})", "",
+                "| steps | adaptation lr | adversarial weight | accuracy % | |", "|---|---|---|---|---|"]
+        for c in r["candidates"]:
+            mark = "chosen" if all(c[k] == r["chosen"][k] for k in ("steps", "lr", "adv_weight")) else ""
+            out.append(f"| {int(c['steps'])} | {c['lr']:g} | {c['adv_weight']:g} | {100 * c['accuracy']:.1f} | {mark} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
