@@ -86,19 +86,21 @@ def main() -> None:
                               "dataset_seed": DEV_DATASET_SEED, "targets": args.targets, "overrides": dev,
                               "methods": {}}
     with ThreadPoolExecutor(args.jobs) as pool:
-        # Each method's first candidate trains the source model; the others adapt from it.
-        futures = {}
+        # Each method's first candidate trains the source model; the others adapt from it. Every
+        # source model is queued before any candidate that waits for one, so no worker idles.
+        futures, later = {}, []
         for m in args.methods:
             first, *rest = candidates(current(m))
             base_dir = args.workdir / m / name(first)
             base = pool.submit(run, m, base_dir, [*dev, *overrides(first)], args.threads)
             futures[(m, name(first))] = (first, base)
-            for c in rest:
-                def job(m=m, c=c, base=base, base_dir=base_dir) -> dict:
-                    base.result()
-                    warm = [f"train.init_from={base_dir / 'source' / 'model.pt'}", "train.source_steps=0"]
-                    return run(m, args.workdir / m / name(c), [*dev, *warm, *overrides(c)], args.threads)
-                futures[(m, name(c))] = (c, pool.submit(job))
+            later += [(m, c, base, base_dir) for c in rest]
+        for m, c, base, base_dir in later:
+            def job(m=m, c=c, base=base, base_dir=base_dir) -> dict:
+                base.result()
+                warm = [f"train.init_from={base_dir / 'source' / 'model.pt'}", "train.source_steps=0"]
+                return run(m, args.workdir / m / name(c), [*dev, *warm, *overrides(c)], args.threads)
+            futures[(m, name(c))] = (c, pool.submit(job))
         for m in args.methods:
             rows = []
             for (mm, _n), (c, f) in futures.items():
