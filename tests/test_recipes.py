@@ -334,3 +334,12 @@ def test_good_target_subjects(value: str) -> None:
 ])
 def test_bad_ranges_in_validate(override: str, key: str) -> None:
     assert f"{PADA}: {key}: " in _invalid([override], "must|needs")
+
+
+def test_exponent_numbers_are_floats_in_files_and_overrides(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-4 (no dot in the mantissa) as a string; recipes read it as a number."""
+    path = write_recipe(tmp_path / "r.yaml", "extends: pada.yaml\ntrain:\n  adapt_optimizer: {name: torch.optim.Adam, lr: 1e-4}\n")
+    r = load_recipe(path, ["train.optimizer.lr=3e-05", "method.adv_weight=2E+0"]).recipe
+    assert r.train.adapt_optimizer.kwargs["lr"] == 1e-4 and r.train.optimizer.kwargs["lr"] == 3e-05
+    assert r.method.kwargs["adv_weight"] == 2.0
+    assert load_recipe(path, ["name=1e5x"]).recipe.name == "1e5x"  # not a number: still a string

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,29 @@ def find_recipe(name_or_path: str | Path) -> Path:
     raise RecipeError(f"no such recipe file or bundled recipe; bundled: {', '.join(bundled) or 'none'}", file=str(path))
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: ``1e-4`` and ``3e-05`` are floats
+    (YAML 1.1 wants a dot in the mantissa and would hand an optimizer the string "1e-4")."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` (no object construction) with YAML 1.2 exponent floats."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -142,7 +159,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "c
         key, _, raw = item.partition("=")
         parts = _parse_key(key.strip(), source)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             raise RecipeError(f"cannot parse value {raw!r}", file=source, key=key) from None
         node = out
