@@ -196,3 +196,46 @@ def test_unknown_preset_lists_the_presets() -> None:
 def test_bad_dials_name_the_argument(kwargs: dict, name: str) -> None:
     with pytest.raises(RecipeError, match=name):
         SyntheticFaces("tiny", **kwargs)
+
+
+def _nose_brightness(light: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per capture: the mean pixel value (gain divided out) on the nose bridge and tip (landmarks
+    27-30) at yaw +60 and at -60, and the capture's light direction x (toward the image's right)."""
+    ds = SyntheticFaces("tiny", image_size=64, num_subjects=4, yaw_step=30.0, style_strength=0.0, lighting=1.0,
+                        noise=0.0, jitter=0.0, background=0.0, light=light)
+    lay, out = ds.layout(), ds.render()
+    gain = ds._views(torch.arange(len(lay.img_capture)), lay).gain
+    yaw = lay.view_yaw[lay.img_view]
+
+    def nose(at: float) -> torch.Tensor:
+        sel = torch.nonzero(yaw == at).flatten()
+        px = out.landmarks[sel, 27:31].floor().long().clamp(0, 63)
+        img = out.images[sel].float().mean(1)
+        values = img[torch.arange(len(sel))[:, None], px[..., 1], px[..., 0]]
+        return values.mean(1) / gain[sel]
+
+    return nose(60.0), nose(-60.0), ds._lights(lay)[:, 0]
+
+
+def test_light_is_fixed_in_the_world() -> None:
+    """A face turned toward the light is lit on its front; turned away, its front darkens. With
+    the light in the head frame (light: head) both turns shade the front alike."""
+    plus, minus, light_x = _nose_brightness("world")
+    side = light_x.abs() > 0.3
+    toward = torch.where(light_x > 0, plus, minus)[side]
+    away = torch.where(light_x > 0, minus, plus)[side]
+    assert side.sum() >= 5 and (toward > away + 10).all(), (toward, away)
+    plus_h, minus_h, _ = _nose_brightness("head")
+    assert (plus_h - minus_h).abs()[side].mean() < 0.25 * (toward - away).mean()
+
+
+def test_frontal_views_do_not_depend_on_the_light_frame() -> None:
+    world = SyntheticFaces("tiny", num_subjects=2).render()
+    head = SyntheticFaces("tiny", num_subjects=2, light="head").render()
+    lay = SyntheticFaces("tiny", num_subjects=2).layout()
+    front = lay.view_yaw[lay.img_view] == 0
+    assert torch.equal(world.images[front], head.images[front])
+    assert not torch.equal(world.images[~front], head.images[~front])
+    assert SyntheticFaces("tiny").fingerprint() != SyntheticFaces("tiny", light="head").fingerprint()
+    with pytest.raises(RecipeError, match="light must be world or head, got 'sun'"):
+        SyntheticFaces("tiny", light="sun")

@@ -8,6 +8,9 @@ from facedapt.data.samples import BASIC_EXPRESSIONS, EXPRESSIONS
 from facedapt.errors import RecipeError
 
 
+LIGHT_FRAMES = ("world", "head")
+
+
 @attrs.frozen
 class SyntheticPreset:
     """Everything that decides what is generated (besides the seed)."""
@@ -29,6 +32,9 @@ class SyntheticPreset:
     # Difficulty dials.
     style_strength: float = 1.0  # personal style of expressing (0: everyone alike)
     lighting: float = 0.6  # 0: frontal light only; 1: strong light from any side
+    #: Where the light is fixed: "world" (turning the head changes its shading, as in a
+    #: multi-camera studio) or "head" (the light turns with the head; synthetic-faces-2).
+    light: str = "world"
     noise: float = 0.5  # sensor noise (1 ~ 4% of full scale)
     jitter: float = 1.0  # small shifts and scales of the face in the frame
     background: float = 1.0  # 0: plain grey; 1: random coloured gradients
@@ -63,6 +69,8 @@ class SyntheticPreset:
             raise bad("yaw_step", "between 0 and 90 degrees", self.yaw_step)
         if not self.pitches or any(abs(p) > 45.0 for p in self.pitches):
             raise bad("pitches", "one or more angles within +-45 degrees", self.pitches)
+        if self.light not in LIGHT_FRAMES:
+            raise bad("light", " or ".join(LIGHT_FRAMES), self.light)
         for dial, top in (("style_strength", 3.0), ("lighting", 1.0), ("noise", 4.0), ("jitter", 3.0),
                           ("background", 1.0)):
             value = getattr(self, dial)

@@ -33,6 +33,18 @@ class View:
     bg_dir_y: torch.Tensor
     gain: torch.Tensor
     noise_offset: torch.Tensor  # int64 window start in the noise bank
+    # Unit light direction in head space (the world light turned back by this view's rotation).
+    light_x: torch.Tensor
+    light_y: torch.Tensor
+    light_z: torch.Tensor
+
+
+def unrotate(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, cos_yaw: torch.Tensor, sin_yaw: torch.Tensor,
+             cos_pitch: torch.Tensor, sin_pitch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of ``rotate``: a world (camera) direction in head space (pitch undone, then yaw)."""
+    y1 = y * cos_pitch - z * sin_pitch
+    z1 = y * sin_pitch + z * cos_pitch
+    return x * cos_yaw - z1 * sin_yaw, y1, x * sin_yaw + z1 * cos_yaw
 
 
 def rotate(points: torch.Tensor, v: View) -> torch.Tensor:
@@ -151,14 +163,15 @@ def background(v: View, size: int, gain: torch.Tensor) -> torch.Tensor:
 
 
 def render_views(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, point_ids: torch.Tensor,
-                 colors: torch.Tensor, owner: torch.Tensor, v: View, size: int, noise: torch.Tensor,
-                 dscale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 colors: torch.Tensor, normals: torch.Tensor, owner: torch.Tensor, v: View, size: int,
+                 noise: torch.Tensor, dscale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 [B, C, H, W] and the depth buffer [B, H*W] of B posed faces.
 
     ``x, y, z`` [B, K] are head-space positions of the view's points, ``point_ids`` [K] their
-    template indices, ``colors`` [M, Np, C] shaded template colours of M captures and
-    ``owner`` [B] each image's capture row. ``noise`` is the bank pre-scaled to 0..255 units
-    with the rounding half added.
+    template indices, ``colors`` [M, Np, C] unshaded template colours of M captures,
+    ``normals`` [3, M, Np] their head-space unit normals and ``owner`` [B] each image's capture
+    row. ``noise`` is the bank pre-scaled to 0..255 units with the rounding half added.
+    Shading is per view (Lambertian, ``v.light_*``), so a head turned away from the light darkens.
     """
     b = x.shape[0]
     m, n_tpl, ch = colors.shape
@@ -167,7 +180,12 @@ def render_views(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, point_ids: t
     # Colour lookup only for the winning points, not for every splatted one.
     rows = owner[:, None] * n_tpl + point_ids[winner.clamp(min=0)]
     gain = v.gain * 255.0
-    face = colors.reshape(m * n_tpl, ch).index_select(0, rows.view(-1)).view(b, size * size, ch)
+    flat_rows = rows.view(-1)
+    face = colors.reshape(m * n_tpl, ch).index_select(0, flat_rows).view(b, size * size, ch)
+    # Shading only for the winning points: cheaper than shading every point of every view.
+    n = normals.reshape(3, m * n_tpl).index_select(1, flat_rows).view(3, b, size * size)
+    lam = n[0] * v.light_x[:, None] + n[1] * v.light_y[:, None] + n[2] * v.light_z[:, None]
+    face *= (lam.clamp_(min=0) * 0.68 + 0.42)[..., None]
     face *= gain[:, None, None]
     span = ch * size * size
     img = torch.empty((b, ch, size * size))

@@ -24,10 +24,10 @@ from .face import albedo, build_template, capture_points, face_shape, view_point
 from .identity import Identity, extreme_shapes, sample_identity
 from .landmarks import landmarks_3d
 from .presets import SyntheticPreset, resolve
-from .render import FRAME_UNITS, View, depth_scale, landmark_pixels, render_views
+from .render import FRAME_UNITS, View, depth_scale, landmark_pixels, render_views, unrotate
 
 #: Bump whenever the same parameters would produce different images.
-GENERATOR_VERSION = "synthetic-faces-2"
+GENERATOR_VERSION = "synthetic-faces-3"  # 3: light fixed in the world (shading per view)
 _NOISE_BANK = 1 << 20
 
 
@@ -68,7 +68,7 @@ class SyntheticFaces:
                  jitter: float | None = None, background: float | None = None,
                  intensity_samples: int | None = None, expressions: list[str] | tuple[str, ...] | None = None,
                  yaw_step: float | None = None, pitches: list[float] | tuple[float, ...] | None = None,
-                 batch_size: int = 1024) -> None:
+                 light: str | None = None, batch_size: int = 1024) -> None:
         if channels not in (1, 3):
             raise RecipeError(f"synthetic dataset: channels must be 1 or 3, got {channels!r}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -78,7 +78,8 @@ class SyntheticFaces:
         self.preset: SyntheticPreset = resolve(preset, dict(
             image_size=image_size, num_subjects=num_subjects, style_strength=style_strength, yaw_range=yaw_range,
             lighting=lighting, noise=noise, jitter=jitter, background=background,
-            intensity_samples=intensity_samples, expressions=expressions, yaw_step=yaw_step, pitches=pitches))
+            intensity_samples=intensity_samples, expressions=expressions, yaw_step=yaw_step, pitches=pitches,
+            light=light))
         self.seed = seed
         self.channels = channels
         self.batch_size = batch_size
@@ -157,6 +158,9 @@ class SyntheticFaces:
         c0 = u[:, 0:3] if ch == 3 else u[:, 0:1]
         c1 = u[:, 3:6] if ch == 3 else u[:, 3:4]
         a = 2 * math.pi * u[:, 6].double()
+        lx, ly, lz = self._lights(lay)[lay.img_capture[index]].double().unbind(-1)
+        if p.light == "world":  # one light per capture, fixed while the head turns
+            lx, ly, lz = unrotate(lx, ly, lz, yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin())
         return View(
             cos_yaw=yaw.cos().float(), sin_yaw=yaw.sin().float(), cos_pitch=pitch.cos().float(),
             sin_pitch=pitch.sin().float(),
@@ -167,10 +171,21 @@ class SyntheticFaces:
             bg_dir_x=a.cos().float(), bg_dir_y=a.sin().float(),
             gain=1 + 0.1 * p.lighting * (2 * u[:, 10] - 1),
             noise_offset=(rnd.hash_bits(seed, 42, index, 1)[:, 0] % (_NOISE_BANK - ch * size * size)),
+            light_x=lx.float(), light_y=ly.float(), light_z=lz.float(),
         )
 
-    def _captures(self, lay: Layout) -> tuple[Identity, Style, torch.Tensor, torch.Tensor]:
-        """Identity and style of every subject; movements [M, A] and light direction [M, 3] of every capture."""
+    def _lights(self, lay: Layout) -> torch.Tensor:
+        """Unit light direction [M, 3] of every capture: in the world (camera frame at yaw 0)
+        or in the head frame, per ``preset.light``; mostly frontal, from above."""
+        p = self.preset
+        ids = torch.arange(len(lay.cap_subject), dtype=torch.int64)
+        lu = rnd.uniform(self.seed, 33, ids, 2)
+        light = torch.stack([1.6 * p.lighting * (2 * lu[:, 0] - 1), 0.3 + 1.0 * p.lighting * (2 * lu[:, 1] - 1),
+                             torch.ones(len(ids))], -1)
+        return light / (light * light).sum(-1, keepdim=True).sqrt()
+
+    def _captures(self, lay: Layout) -> tuple[Identity, Style, torch.Tensor]:
+        """Identity and style of every subject; movements [M, A] of every capture."""
         p, seed = self.preset, self.seed
         subjects = torch.arange(p.num_subjects, dtype=torch.int64)
         ident = sample_identity(seed, subjects)
@@ -178,11 +193,7 @@ class SyntheticFaces:
         ids = torch.arange(len(lay.cap_subject), dtype=torch.int64)
         jitter = rnd.normal(seed, 32, ids, len(ACTION_UNITS))
         act = activations(style, lay.cap_subject, lay.cap_expression, lay.cap_intensity, jitter)
-        lu = rnd.uniform(seed, 33, ids, 2)
-        light = torch.stack([1.6 * p.lighting * (2 * lu[:, 0] - 1), 0.3 + 1.0 * p.lighting * (2 * lu[:, 1] - 1),
-                             torch.ones(len(ids))], -1)
-        light = light / (light * light).sum(-1, keepdim=True).sqrt()
-        return ident, style, act, light
+        return ident, style, act
 
     def render(self, indices: torch.Tensor | None = None, batch_size: int | None = None) -> Rendered:
         """Render images by index (all by default), ``batch_size`` images at a time."""
@@ -193,7 +204,7 @@ class SyntheticFaces:
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= n_img):
             raise IndexError(f"image index out of range 0..{n_img - 1}")
         views_all = self._views(torch.arange(n_img), lay)
-        ident, style, act, light = self._captures(lay)
+        ident, style, act = self._captures(lay)
         size, ch = p.image_size, self.channels
         t = build_template(size)
         probe = capture_points(t, face_shape(extreme_shapes(), extreme_activations(), torch.zeros(4)))[0]
@@ -219,9 +230,6 @@ class SyntheticFaces:
             pos, normal = capture_points(t, f)
             color = albedo(t, f, ident.skin[subj], ident.hair[subj], ident.iris[subj],
                            ident.hairline[subj], ident.hair_length[subj], aa)
-            li = light[chunk].T[:, :, None]
-            lam = (normal[0] * li[0] + normal[1] * li[1] + normal[2] * li[2]).clamp_(min=0)
-            color = color * (0.42 + 0.68 * lam)[..., None]
             if ch == 1:
                 color = color @ luma
             lm3 = landmarks_3d(f)
@@ -237,7 +245,7 @@ class SyntheticFaces:
                 plane = pos if whole else pos[:, owner]  # a subset, or repeated indices
                 x, y, z = (axis.index_select(1, keep) for axis in plane)  # per plane: 3x faster than on [3, M, Np]
                 view = _take(views_all, index[sel])
-                img, depth = render_views(x, y, z, keep, color, owner, view, size, noise, scales[v])
+                img, depth = render_views(x, y, z, keep, color, normal, owner, view, size, noise, scales[v])
                 xy, vis = landmark_pixels(lm3[owner], view, size, depth, scales[v])
                 images[sel], lms[sel], visible[sel] = img, xy, vis
         return Rendered(images=images, landmarks=lms, visible=visible)
