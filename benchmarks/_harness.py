@@ -22,17 +22,18 @@ import torch
 
 import facedapt
 from facedapt.data.batches import EndlessSampler, PartnerTable, gather
-from facedapt.data.splits import SplitRequest, Target
+from facedapt.data.splits import Target
+from facedapt.engine.build import build_augmentations, build_method, load_targets, to_device
 from facedapt.engine.context import StepContext
 from facedapt.engine.precision import pick_device, resolve_precision
-from facedapt.engine.run import Run, build_method, materialize_dataset
+from facedapt.engine.run import Run
 from facedapt.engine.trainer import PhaseRunner, seed_of
 from facedapt.method import StepBatch
 from facedapt.plugin_manager import Plugins, get_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_DATA: dict[str, Any] = {}  # dataset component -> (samples, targets, num_classes): built once per process
+_DATA: dict[str, Any] = {}  # datasets and split -> (targets, num_classes): built once per process
 
 
 def threads_from_env() -> int:
@@ -90,23 +91,19 @@ class Bench:
         self.plugins = plugins or get_plugins(r.plugins.block)
         self.device = pick_device(r.device)
         self.precision = resolve_precision(r.train.precision, self.device)
-        _samples, targets, num_classes = load_data(self.plugins, r)
+        targets, num_classes = load_data(self.plugins, r)
         target: Target = targets[0]
         first = target.source
         torch.manual_seed(r.seed)
         self.method = build_method(self.plugins, r, len(first.samples.subject_ids), first.samples.image_shape,
                                    num_classes)
-        for m in self.method.models.values():
-            if r.train.channels_last:
-                m.to(self.device, memory_format=torch.channels_last)
-            else:
-                m.to(self.device)
+        to_device(self.method, self.device, r.train.channels_last)
         # The adaptation step (source + target batch) for methods that adapt; else the source step.
         self.phase = phase or ("adapt" if self.method.adapts else "source")
         run = Run(r, self.loaded.resolved, Path("."), self.plugins, models=self.method.models)
         run.phase, run.target = self.phase, (target.id if self.phase == "adapt" else None)
-        augs = [self.plugins.registry("augmentations").get(a.name)(**a.kwargs) for a in r.data.augment]
-        self.runner = PhaseRunner(r, self.plugins, self.method, self.device, self.precision, run, augs)
+        self.runner = PhaseRunner(r, self.plugins, self.method, self.device, self.precision, run,
+                                  build_augmentations(self.plugins, r))
         self.source = target.source
         self.target = target.adapt if self.phase == "adapt" else None
         t = r.train
@@ -163,15 +160,14 @@ class Bench:
         return losses
 
 
-def load_data(plugins: Plugins, r: Any) -> tuple[Any, list[Target], int]:
-    """Dataset and split as Runner._load_data makes them, memoized per dataset and split."""
-    key = repr((r.data.dataset, r.data.target_subjects, r.data.source_val, r.data.target_holdout, r.seed))
+def load_data(plugins: Plugins, r: Any) -> tuple[list[Target], int]:
+    """Targets and class count as the runner makes them (facedapt.engine.build.load_targets),
+    memoized per dataset and split."""
+    d = r.data
+    key = repr((d.dataset, d.target_dataset, d.protocol, d.target_subjects, d.target_holdout, d.source_val,
+                d.on_bad_image, r.seed))
     if key not in _DATA:
-        samples = materialize_dataset(plugins, r.data.dataset, r.data.on_bad_image)
-        protocol = plugins.registry("protocols").get(r.data.protocol.name)(**r.data.protocol.kwargs)
-        request = SplitRequest(r.data.target_subjects, r.data.target_holdout, r.data.source_val, r.seed)
-        targets = protocol.split(samples, None, request)
-        _DATA[key] = (samples, targets, int(samples.expression.max()) + 1)
+        _DATA[key] = load_targets(plugins, r)
     return _DATA[key]
 
 

@@ -174,7 +174,7 @@ def child(kind: str, spec: dict) -> None:
             out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     elif kind == "materialize":
         import facedapt
-        from facedapt.engine.run import materialize_dataset
+        from facedapt.engine.build import materialize_dataset
         from facedapt.plugin_manager import get_plugins
 
         r = facedapt.load_recipe(str(ROOT / "recipes" / "dann.yaml"), spec["overrides"]).recipe

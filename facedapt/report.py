@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from facedapt.engine.rundir import safe_name
 from facedapt.errors import UsageError
 
 #: Targets shown in the feature projection (one row each); the rest are listed as left out.
@@ -92,9 +93,7 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
                 logger.warning("report: {} not read ({})", feats, type(exc).__name__)
         subjects[folder.name] = entry
     # results.json keys subjects by id; folders use a filesystem-safe form of it.
-    from facedapt.engine.run import _safe
-
-    by_id = {sid: subjects.get(_safe(sid), {}) for sid in results.get("per_subject", {})}
+    by_id = {sid: subjects.get(safe_name(sid), {}) for sid in results.get("per_subject", {})}
     return {"run_dir": run_dir, "results": results, "recipe_text": (run_dir / "recipe.yaml").read_text(encoding="utf-8"),
             "env": _read_json(run_dir / "environment.json") or {},
             "source_metrics": _read_metrics(run_dir / "source" / "metrics.jsonl"), "subjects": by_id}

@@ -110,17 +110,11 @@ def parse_seeds(text: str) -> list[int]:
 def target_ids(loaded: LoadedRecipe) -> list[str]:
     """The subject ids of the targets the recipe's protocol makes (its data.target_subjects),
     found without training: the datasets are materialized (cached) and split."""
-    from facedapt.data.splits import SplitRequest
-    from facedapt.engine.run import materialize_dataset
+    from facedapt.engine.build import load_targets
     from facedapt.plugin_manager import get_plugins
 
-    r = loaded.recipe
-    plugins = get_plugins(r.plugins.block)
-    source = materialize_dataset(plugins, r.data.dataset, r.data.on_bad_image)
-    target = materialize_dataset(plugins, r.data.target_dataset, r.data.on_bad_image) if r.data.target_dataset else None
-    protocol = plugins.registry("protocols").get(r.data.protocol.name)(**r.data.protocol.kwargs)
-    return [t.id for t in protocol.split(source, target, SplitRequest(r.data.target_subjects, r.data.target_holdout,
-                                                                      r.data.source_val, r.seed))]
+    targets, _ = load_targets(get_plugins(loaded.recipe.plugins.block), loaded.recipe)
+    return [t.id for t in targets]
 
 
 def plan(recipe: str | Path, sweep_dir: Path, overrides: Sequence[str] = (), grid: dict[str, list[str]] | None = None,

@@ -24,7 +24,7 @@ from facedapt.data.splits import Domain
 from facedapt.engine.adapt import adapt
 from facedapt.engine.evaluate import confusion_matrix, predict_domain
 from facedapt.engine.model_io import load_model
-from facedapt.engine.run import _load_state, build_method
+from facedapt.engine.build import build_method, load_state
 from facedapt.errors import CheckpointError
 from facedapt.plugin_manager import Plugins
 
@@ -107,7 +107,7 @@ def test_run_dir_gives_the_source_model(trained: Path, toy: Samples, toy_plugins
     assert model.domain == "source" and model.path == trained / "source" / "model.pt"
     # The engine's own way: build from the recipe and data shapes, load the weights, predict.
     method = build_method(toy_plugins, model.recipe, 6, (1, 16, 16), 3)
-    _load_state(method, model_state(trained / "source" / "model.pt"))
+    load_state(method, model_state(trained / "source" / "model.pt"))
     domain = Domain(toy, torch.arange(len(toy)))
     expected = predict_domain(method, domain, torch.device("cpu"), 64, model.amp, domain_name="source")["pred"]
     got = [model.classes.index(p["expression"]) for p in model.predict(toy.images)]

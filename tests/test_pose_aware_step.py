@@ -26,7 +26,7 @@ from facedapt.data.batches import PartnerTable, gather
 from facedapt.data.samples import Samples
 from facedapt.engine import trainer
 from facedapt.engine.context import StepContext
-from facedapt.engine.run import build_method
+from facedapt.engine.build import build_method
 from facedapt.engine.trainer import PhaseRunner
 from facedapt.method import Method, StepBatch
 from facedapt.plugin_manager import Plugins, load_plugins

@@ -17,6 +17,7 @@ from loguru import logger
 from facedapt.cli import main
 from facedapt.data.samples import Samples
 from facedapt.data.splits import Domain
+from facedapt.engine import features as engine_features
 from facedapt.engine import run as engine_run
 from facedapt.plugin_manager import Plugins
 
@@ -100,20 +101,20 @@ def test_features_file(finished: Path) -> None:
 
 
 def test_features_are_capped_and_leave_the_random_stream_alone(tmp_path: Path) -> None:
-    n = engine_run.FEATURE_POINTS + 500
+    n = engine_features.FEATURE_POINTS + 500
     samples = Samples(images=torch.zeros(n, 1, 4, 4, dtype=torch.uint8), expression=torch.arange(n) % 3,
                       subject=torch.zeros(n, dtype=torch.long), subject_ids=("A",), dataset="x",
                       yaw=(torch.arange(n) % 3 - 1).float() * 30)
     out = {"pred": torch.zeros(n, dtype=torch.long), "feat_expression": torch.randn(n, 16)}
     torch.manual_seed(3)
     before = torch.random.get_rng_state()
-    engine_run._save_features(tmp_path / "features.pt", out, Domain(samples, torch.arange(n)), seed=1)
+    engine_features.save_features(tmp_path / "features.pt", out, Domain(samples, torch.arange(n)), seed=1)
     assert torch.equal(torch.random.get_rng_state(), before)
     feats = torch.load(tmp_path / "features.pt", weights_only=True)
-    assert feats["expression_2d"].shape == (engine_run.FEATURE_POINTS, 2)
-    assert feats["expression"].shape == feats["yaw"].shape == (engine_run.FEATURE_POINTS,)
+    assert feats["expression_2d"].shape == (engine_features.FEATURE_POINTS, 2)
+    assert feats["expression"].shape == feats["yaw"].shape == (engine_features.FEATURE_POINTS,)
     # Without expression features (a method that has none) nothing is written.
-    engine_run._save_features(tmp_path / "none.pt", {"pred": out["pred"]}, Domain(samples, torch.arange(n)), seed=1)
+    engine_features.save_features(tmp_path / "none.pt", {"pred": out["pred"]}, Domain(samples, torch.arange(n)), seed=1)
     assert not (tmp_path / "none.pt").exists()
 
 

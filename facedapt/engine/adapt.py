@@ -18,7 +18,9 @@ import attrs
 
 from facedapt.engine import checkpoint
 from facedapt.engine.model_io import read_build
-from facedapt.engine.run import Runner, _safe, materialize_dataset
+from facedapt.engine.build import materialize_dataset
+from facedapt.engine.run import Runner
+from facedapt.engine.rundir import safe_name, subject_dir
 from facedapt.errors import CheckpointError, UsageError
 from facedapt.plugin_manager import Plugins, get_plugins
 from facedapt.recipe.load import load_recipe
@@ -48,7 +50,7 @@ def adapt(run_dir: str | os.PathLike, images: str | os.PathLike, *, out: str | o
     if not images.is_dir():
         raise UsageError(f"--images {images}: no such folder")
     c, h, _ = read_build(checkpoint.load(source_model), source_model)["image_shape"]
-    out_dir = Path(out).expanduser() if out else run_dir / "personalized" / _safe(subject)
+    out_dir = Path(out).expanduser() if out else run_dir / "personalized" / safe_name(subject)
 
     base = load_recipe(recipe_file, list(overrides))
     method = (plugins or get_plugins(base.recipe.plugins.block)).registry("methods").get(base.recipe.method.name)(
@@ -76,5 +78,5 @@ def adapt(run_dir: str | os.PathLike, images: str | os.PathLike, *, out: str | o
     results = Runner(loaded, run_dir=out_dir, plugins=plugins).execute()
     model_file = out_dir / "model.pt"
     # A copy, not a move: subjects/<id>/ stays complete, so the folder remains a resumable run.
-    shutil.copyfile(out_dir / "subjects" / _safe(subject) / "model.pt", model_file)
+    shutil.copyfile(subject_dir(out_dir, subject) / "model.pt", model_file)
     return Adapted(model_file, out_dir, subject, len(samples), results)

@@ -189,7 +189,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", plug
     ``path``: a run directory (its source model), a subject or personalized directory (its
     adapted model.pt) or a model.pt file; the recipe is the nearest recipe.yaml above it.
     """
-    from facedapt.engine.run import _load_state, build_method, find_model_file
+    from facedapt.engine.build import build_method, load_state
+    from facedapt.engine.rundir import find_model_file
 
     given = Path(path).expanduser()
     if not given.exists():
@@ -205,7 +206,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", plug
     for m in method.models.values():
         m.to(device)
     try:
-        _load_state(method, state["models"])
+        load_state(method, state["models"])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{file}: weights do not fit the networks its recipe builds "
                               f"({str(exc).splitlines()[0][:200]})") from None
@@ -231,20 +232,14 @@ def evaluate_dataset(model: Model, dataset: str, options: dict[str, Any] | None 
     from facedapt.data.splits import Domain, labelled
     from facedapt.engine.evaluate import predict_domain, score
     from facedapt.engine.results import aggregate
-    from facedapt.engine.run import _params, materialize_dataset
+    from facedapt.engine.build import materialize_dataset
     from facedapt.recipe.schema import Component
-    from facedapt.registry import bind_kwargs
 
     plugins = plugins or get_plugins(model.recipe.plugins.block)
-    factory = plugins.registry("datasets").entry(dataset, key="--dataset").factory
-    kwargs = dict(options or {})
+    plugins.registry("datasets").entry(dataset, key="--dataset")  # an unknown name: the error names the option
     c, h, _ = model.image_shape
-    accepted = _params(factory)
-    for key, value in (("image_size", h), ("channels", c)):
-        if key in accepted and key not in kwargs:
-            kwargs[key] = value
-    bind_kwargs(factory, kwargs, key=f"dataset {dataset}")
-    samples = materialize_dataset(plugins, Component(dataset, kwargs), model.recipe.data.on_bad_image)
+    samples = materialize_dataset(plugins, Component(dataset, dict(options or {})), model.recipe.data.on_bad_image,
+                                  image_size=h, channels=c, key=f"dataset {dataset}")
     if samples.image_shape != model.image_shape:
         samples = attrs.evolve(samples, images=fit_tensor(samples.images, h, c))
     num_classes = len(model.classes)

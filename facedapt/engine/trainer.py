@@ -7,7 +7,6 @@ method owns the step's forward graph and update rule.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -21,6 +20,7 @@ from loguru import logger
 from facedapt.data.batches import EndlessSampler, PartnerTable, balanced_weights, gather
 from facedapt.data.splits import Domain
 from facedapt.engine import checkpoint, distributed
+from facedapt.engine.build import load_state, model_state
 from facedapt.engine.context import StepContext
 from facedapt.engine.evaluate import predict_domain
 from facedapt.engine.precision import autocast
@@ -211,7 +211,7 @@ class PhaseRunner:
         if spec.select_on is not None:
             best = self._select(spec, best, step)
             if best is not None and best["step"] != step:
-                _load_models(method, best["models"])
+                load_state(method, best["models"])
                 logger.info("{} selection kept step {} (score {:.4f})", r.eval.selection, best["step"], best["score"])
         seconds = time.perf_counter() - started
         return {"steps": step, "seconds": seconds, "selected_step": best["step"] if best else step}
@@ -225,7 +225,7 @@ class PhaseRunner:
         true = dom.samples.expression[dom.indices]
         score = float((out["pred"] == true).float().mean())
         if best is None or score > best["score"]:
-            return {"step": step, "score": score, "models": _model_state(self.method)}
+            return {"step": step, "score": score, "models": model_state(self.method)}
         return best
 
     def _save(self, spec: PhaseSpec, step: int, optimizers: dict, schedulers: list, scaler: Any,
@@ -240,7 +240,7 @@ class PhaseRunner:
             "phase": spec.phase,
             "target": self.run.target or "",
             "step": step,
-            "models": _model_state(self.method),
+            "models": model_state(self.method),
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "schedulers": [s.state_dict() for s in schedulers],
             "scaler": scaler.state_dict() if scaler is not None else {},
@@ -257,7 +257,7 @@ class PhaseRunner:
 
     def _restore(self, state: dict, optimizers: dict, schedulers: list, scaler: Any, src_sampler: EndlessSampler,
                  tgt_sampler: EndlessSampler | None) -> None:
-        _load_models(self.method, state["models"])
+        load_state(self.method, state["models"])
         for k, o in optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         for s, sd in zip(schedulers, state["schedulers"]):
@@ -277,12 +277,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln)["step"] <= step]
     path.write_text("".join(f"{ln}\n" for ln in kept), encoding="utf-8")
-
-
-def _model_state(method: Method) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in method.models.items()}
-
-
-def _load_models(method: Method, state: dict[str, dict[str, torch.Tensor]]) -> None:
-    for name, m in method.models.items():
-        m.load_state_dict(copy.deepcopy(state[name]))
