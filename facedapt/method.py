@@ -52,6 +52,11 @@ class Method:
     #: Model role -> component family; the recipe's ``model:`` section may set these roles.
     roles: dict[str, str] = {}
 
+    #: Set by the engine where labelled source images are held out (and ``eval.leakage_probe``):
+    #: fits fresh linear probes on their features and returns their accuracies
+    #: (facedapt.engine.evaluate.leakage). A method may call it during training to log leakage.
+    probe: Callable[[], dict[str, float]] | None = None
+
     models: dict[str, nn.Module]
 
     def build(self, ctx: Any) -> dict[str, nn.Module]:
@@ -93,6 +98,16 @@ class Method:
         """Pose-bin logits (facedapt.data.samples.YAW_BINS) for normalized images, or None for
         a method without a pose branch."""
         return None
+
+    def cross_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits of the method's own cross classifiers, keyed like the leakage probes
+        (``pose_from_expression``: pose-bin logits from expression features; ``expression_from_pose``):
+        none by default."""
+        return {}
+
+    def take_probe_log(self) -> list[dict[str, Any]]:
+        """The records of ``probe`` calls made during training since the last take (and forgets them)."""
+        return []
 
     def start_adaptation(self, target_batches: Callable[[], Iterable[torch.Tensor]]) -> None:
         """Called once before adapting to a target; e.g. AdaBN recomputes statistics here."""

@@ -8,6 +8,9 @@ Registered names (engine-supplied arguments marked *):
   ``.out_features`` when building the heads that follow.
 - ``linear``: ``LinearClassifier(in_features*, num_classes*, dropout=0.0, bias=True)``, the
   classifiers ``C_e``, ``C_p`` and the cross classifiers ``X_p``, ``X_e``.
+- ``mlp_classifier``: ``MLPClassifier(in_features*, num_classes*, hidden=(256,), norm="none",
+  dropout=0.0)``, a classifier with hidden layers (the cross classifiers with
+  ``method.cross_hidden``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 
 from facedapt import hookimpl
 
-__all__ = ["LinearClassifier", "MLPEncoder", "facedapt_register_heads", "mlp_layers"]
+__all__ = ["LinearClassifier", "MLPClassifier", "MLPEncoder", "facedapt_register_heads", "mlp_layers"]
 
 
 def mlp_layers(in_features: int, widths: Sequence[int], norm: str = "batch", dropout: float = 0.0,
@@ -86,7 +89,27 @@ class LinearClassifier(nn.Module):
         return self.fc(self.dropout(x))
 
 
+class MLPClassifier(nn.Module):
+    """``in_features -> hidden... -> num_classes`` logits. Without normalization by default: a
+    cross classifier is scored on held-out features in eval mode, where batch-norm running
+    statistics would lag features that keep moving."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int | Sequence[int] = (256,),
+                 norm: Literal["batch", "none"] = "none", dropout: float = 0.0) -> None:
+        super().__init__()
+        widths = [hidden] if isinstance(hidden, int) else list(hidden)
+        layers, _ = mlp_layers(in_features, [*widths, num_classes], norm, dropout, last_activation=False)
+        self.net = nn.Sequential(*layers)
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.out_features = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 @hookimpl
 def facedapt_register_heads(registry) -> None:  # type: ignore[no-untyped-def]
     registry.register("mlp", MLPEncoder)
     registry.register("linear", LinearClassifier)
+    registry.register("mlp_classifier", MLPClassifier)

@@ -200,7 +200,6 @@ def test_cross_grl_classifiers_learn_and_encoders_get_the_reversed_gradient(plug
     method = _method(plugins, samples, "method.cross_mode=grl")
     batch = _batch(samples, method)
     ctx, _ = _step(method, batch)
-    assert "cross" not in ctx.updates  # one update trains both sides
     m, src = method.models, batch.source
     fs = method._encode_all(batch.source, batch.target)["source"]
     reference = method.cross_weight * (F.cross_entropy(m["cross_pose_classifier"](fs["expression"]), src.pose_bin)
@@ -208,12 +207,31 @@ def test_cross_grl_classifiers_learn_and_encoders_get_the_reversed_gradient(plug
     names = (*CROSS, *ENCODERS)
     got = _grads(ctx.updates["main"]["cross"], method, names)
     want = _grads(reference, method, names)
-    for x in CROSS:
-        assert _reaches(want[x])
-        _assert_scaled(got[x], want[x], 1.0)
-    for e in ENCODERS:
+    torch.testing.assert_close(ctx.updates["main"]["cross"], reference)
+    for x in CROSS:  # the classifiers learn in their own steps, not from the encoders' term
+        assert _reaches(want[x]) and not _reaches(got[x])
+    for e in ENCODERS:  # the encoders get the reversed gradient of the classifiers' loss
         assert _reaches(want[e])
         _assert_scaled(got[e], want[e], -1.0)
+    learn = _grads(ctx.updates["cross"]["cross_classifiers"], method, names)
+    for x in CROSS:
+        _assert_scaled(learn[x], want[x], 1 / method.cross_weight)
+    for e in ENCODERS:
+        assert not _reaches(learn[e])
+
+
+@pytest.mark.parametrize("mode", ["confusion", "grl"])
+def test_normalized_cross_input_carries_the_encoders_gradient_through_its_statistics(mode: str, plugins: Plugins,
+                                                                                     samples: Samples) -> None:
+    """With cross_normalize, what X reads is standardized over the batch; rescaling a feature
+    cannot change it, so the encoders' term reaches them only through the standardized features."""
+    method = _method(plugins, samples, f"method.cross_mode={mode}", "method.cross_normalize=true")
+    batch = _batch(samples, method)
+    ctx, _ = _step(method, batch)
+    got = _grads(ctx.updates["main"]["cross"], method, (*CROSS, *ENCODERS))
+    assert all(_reaches(got[e]) for e in ENCODERS) and not any(_reaches(got[x]) for x in CROSS)
+    f = torch.randn(16, 5) * 3 + 1
+    torch.testing.assert_close(method._cross_input(10 * f), method._cross_input(f), rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -257,8 +275,13 @@ def test_decoder_normalizes_source_target_and_partner_codes_apart(plugins: Plugi
       "cross": set(CROSS), "discriminator": set(DISCRIMINATORS)}),
     (("method.cross_mode=grl",),
      {"main": {"backbone", *ENCODERS[1:], "expression_classifier", "pose_classifier", *DISCRIMINATORS,
-               "identity", "decoder", *CROSS}}),
-], ids=["default", "alternating", "cross_grl"])
+               "identity", "decoder"},
+      "cross": set(CROSS)}),
+    (("method.cross_hidden=16", "method.cross_inner_steps=3"),
+     {"main": {"backbone", *ENCODERS[1:], "expression_classifier", "pose_classifier", *DISCRIMINATORS,
+               "identity", "decoder"},
+      "cross": set(CROSS)}),
+], ids=["default", "alternating", "cross_grl", "cross_mlp"])
 def test_each_optimizer_group_holds_exactly_its_modules(overrides: tuple[str, ...], groups: dict[str, set[str]],
                                                         plugins: Plugins, samples: Samples) -> None:
     method = _method(plugins, samples, *overrides)

@@ -96,3 +96,25 @@ def leakage(method: Method, domain: Domain, device: torch.device, batch_size: in
     if "feat_pose" in out:
         result["expression_from_pose"] = linear_probe(out["feat_pose"], s.expression[domain.indices], len(EXPRESSIONS), steps, seed)
     return {k: v for k, v in result.items() if not math.isnan(v)}
+
+
+def cross_classifier_ce(method: Method, domain: Domain, device: torch.device, batch_size: int,
+                        autocast: Any) -> dict[str, float]:
+    """Cross-entropy of the method's own cross classifiers (``Method.cross_logits``) on labelled
+    source images, keyed like ``leakage``: near chance (log 13 for pose, log 7 for expression)
+    when they read nothing, or when they never learnt."""
+    out = predict_domain(method, domain, device, batch_size, autocast, domain_name="source", features=True)
+    feats = {k.removeprefix("feat_"): v for k, v in out.items() if k.startswith("feat_")}
+    if not feats:
+        return {}
+    s = domain.samples
+    labels = {"pose_from_expression": s.pose_bin[domain.indices] if s.has_pose else None,
+              "expression_from_pose": s.expression[domain.indices]}
+    with torch.no_grad():
+        logits = method.cross_logits({k: v.to(device) for k, v in feats.items()})
+    result = {}
+    for name, z in logits.items():
+        y = labels[name]
+        if y is not None and bool((y >= 0).any()):
+            result[name] = float(nn.functional.cross_entropy(z.float().cpu(), y.long(), ignore_index=-1))
+    return result

@@ -59,6 +59,15 @@ def aggregate(per_subject: dict[str, dict], r: Recipe, precision: str, num_class
         for k, x in v.get("leakage", {}).items():
             leak.setdefault(k, []).append(x)
     results["leakage"] = {k: statistics.fmean(x) for k, x in leak.items()}
+    # The method's own cross classifiers on the same held-out images (cross-entropy, mean over
+    # targets), and the fresh probes logged during training (source phase, then each target's).
+    cross: dict[str, list[float]] = {}
+    for v in per_subject.values():
+        for k, x in v.get("cross_classifier_ce", {}).items():
+            cross.setdefault(k, []).append(x)
+    results["cross_classifier_ce"] = {k: statistics.fmean(x) for k, x in cross.items()}
+    results["training_probe"] = [{**rec, "target": sid if rec["phase"] == "adapt" else None}
+                                 for sid, v in per_subject.items() for rec in v.get("training_probe", [])]
     results["confusion"] = conf.tolist()
     results["classes"] = list(EXPRESSIONS[:num_classes])
     results["timing"] = {"per_subject_adapt": {sid: v["seconds"] for sid, v in per_subject.items() if "seconds" in v}}

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from facedapt.data.splits import Domain, Target
 from facedapt.engine import checkpoint, distributed, rundir
 from facedapt.engine.build import (build_augmentations, build_info, build_method, load_matching, load_state,
                                    load_targets, model_state, to_device)
-from facedapt.engine.evaluate import leakage, predict_domain, score
+from facedapt.engine.evaluate import cross_classifier_ce, leakage, predict_domain, score
 from facedapt.engine.features import predict_with_features, save_features
 from facedapt.engine.precision import autocast, pick_device, resolve_precision
 from facedapt.engine.results import aggregate, summary_lines
@@ -139,6 +140,10 @@ class Runner:
                 continue
             sdir = self.run_dir / "source" if shared_source else tdir / "source"
             key = target.source.digest()
+            # Fresh probes during training, on the held-out source people of this target's source set.
+            method.probe = (partial(leakage, method, target.source_val, self.device, r.eval.batch_size, self.amp,
+                                    r.eval.probe_steps, seed_of(r.seed, "probe"))
+                            if r.eval.leakage_probe and target.source_val is not None else None)
             if key not in source_states:
                 t0 = time.perf_counter()
                 source_states[key] = self._source_model(runner, run, method, target, sdir)
@@ -237,6 +242,8 @@ class Runner:
             probe_dom = target.source_val if target.source_val is not None else _subset(target.source, 2000, r.seed)
             res["leakage"] = leakage(method, probe_dom, self.device, r.eval.batch_size, self.amp, r.eval.probe_steps,
                                      seed_of(r.seed, "probe"))
+            res["cross_classifier_ce"] = cross_classifier_ce(method, probe_dom, self.device, r.eval.batch_size, self.amp)
+        res["training_probe"] = method.take_probe_log()
         if main:
             checkpoint.save({"models": model_state(method), "kind": "adapted", "target": target.id, "method": r.method.name,
                              "build": self.build, **run.stamp()}, tdir / "model.pt")

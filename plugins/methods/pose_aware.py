@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from facedapt.errors import RecipeError
 from facedapt.method import Batch, Method, StepBatch
+from facedapt.recipe.schema import Component
 
 #: The modules whose normalization statistics are per domain.
 TRUNK = ("backbone", "pose_backbone", "expression_encoder", "pose_encoder")
@@ -81,6 +82,11 @@ class PoseAwareADA(Method):
         cross_adversarial: bool = True,
         cross_mode: Literal["confusion", "grl"] = "confusion",
         cross_weight: float = 0.1,
+        cross_lr: float | None = None,
+        cross_inner_steps: int = 1,
+        cross_hidden: int = 0,
+        cross_normalize: bool = False,
+        probe_every: int = 100,
         reconstruction: bool = True,
         rec_weight: float = 0.5,
         identity_code: Literal["none", "subject_embedding"] = "subject_embedding",
@@ -101,6 +107,13 @@ class PoseAwareADA(Method):
         _choice("identity_code", identity_code, ("none", "subject_embedding"))
         if not 0 < partner_fraction <= 1:
             raise RecipeError(f"must be in (0, 1], got {partner_fraction}", key="method.partner_fraction")
+        if cross_inner_steps < 1:
+            raise RecipeError(f"must be at least 1, got {cross_inner_steps}", key="method.cross_inner_steps")
+        if cross_lr is not None and cross_lr <= 0:
+            raise RecipeError(f"must be positive (or null), got {cross_lr}", key="method.cross_lr")
+        for key in ("cross_hidden", "probe_every"):
+            if self.cfg[key] < 0:
+                raise RecipeError(f"must not be negative, got {self.cfg[key]}", key=f"method.{key}")
         if rec_size < 8:
             raise RecipeError(f"must be at least 8, got {rec_size}", key="method.rec_size")
         for key in ("pose_weight", "adv_weight", "cross_weight", "rec_weight", "target_entropy_weight"):
@@ -121,6 +134,8 @@ class PoseAwareADA(Method):
         self.ce = nn.CrossEntropyLoss(ignore_index=-1, label_smoothing=label_smoothing)
         self.dom = DomainAdversarial()
         self.confusion = Confusion()
+        self.probe_log: list[dict[str, Any]] = []
+        self._last_probe: dict[str, float] = {}
 
     # -- building ---------------------------------------------------------------
     def build(self, ctx: Any) -> dict[str, nn.Module]:
@@ -152,9 +167,10 @@ class PoseAwareADA(Method):
                 m["pose_discriminator"] = ctx.build("pose_discriminator", "mlp", in_features=self.pose_feature_dim)
             m["grl"] = GradientReversalLayer(self.max_lambda, self.warmup_gamma, max_steps=1, auto_step=False)
         if self.use_cross:
-            m["cross_pose_classifier"] = ctx.build("cross_pose_classifier", "linear", in_features=self.feature_dim,
+            cross = Component("mlp_classifier", {"hidden": self.cross_hidden}) if self.cross_hidden else "linear"
+            m["cross_pose_classifier"] = ctx.build("cross_pose_classifier", cross, in_features=self.feature_dim,
                                                    num_classes=ctx.num_pose_bins)
-            m["cross_expression_classifier"] = ctx.build("cross_expression_classifier", "linear",
+            m["cross_expression_classifier"] = ctx.build("cross_expression_classifier", cross,
                                                          in_features=self.pose_feature_dim, num_classes=ctx.num_classes)
         if self.use_rec:
             code = self.feature_dim + (self.pose_feature_dim if self.pose_branch else 0)
@@ -179,10 +195,8 @@ class PoseAwareADA(Method):
     def optimizer_groups(self) -> dict[str, list[str]]:
         names = [n for n in self.models if n != "grl"]
         groups = {"main": [n for n in names if not n.startswith("cross_")]}
-        if self.use_cross and self.cross_mode == "confusion":
+        if self.use_cross:  # in both modes the cross classifiers learn in steps of their own
             groups["cross"] = ["cross_pose_classifier", "cross_expression_classifier"]
-        elif self.use_cross:  # grl: one loss trains the classifiers and, reversed, the encoders
-            groups["main"] += ["cross_pose_classifier", "cross_expression_classifier"]
         if self.use_adv and self.adversarial == "alternating":
             disc = [n for n in ("expression_discriminator", "pose_discriminator") if n in self.models]
             groups["main"] = [n for n in groups["main"] if n not in disc]
@@ -237,7 +251,12 @@ class PoseAwareADA(Method):
             m["grl"].max_steps = ctx.total_steps  # the warm-up spans the adaptation phase
         with ctx.autocast():
             fs = self._encode_all(src, tgt)
-            f_s, f_t = fs["source"], fs.get("target")
+        f_s, f_t = fs["source"], fs.get("target")
+        if self.use_cross:
+            # The cross classifiers catch up with the current features before the encoders try to
+            # remove what they read: an encoder step against a lagging classifier is evaded, not won.
+            terms_x = self._train_cross_classifiers(f_s, src, ctx)
+        with ctx.autocast():
             logits_s = m["expression_classifier"](f_s["expression"])
             terms["expression"] = self.ce(logits_s.float(), src.expression)
             if self.uses_target_labels and f_t is not None and tgt.expression is not None:
@@ -260,11 +279,8 @@ class PoseAwareADA(Method):
                                                                                mode="flipped")
         total = sum(terms.values())
         ctx.update(total, "main", terms)
-        if self.use_cross and self.cross_mode == "confusion":
-            with ctx.autocast():
-                cross = self._cross_classifier_term(f_s, src)
-            ctx.update(cross, "cross", {"cross_classifiers": cross})
-            terms["cross_classifiers"] = cross
+        if self.use_cross:
+            terms["cross_classifiers"] = terms_x
         if self.use_adv and adapting and self.adversarial == "alternating":
             with ctx.autocast():
                 detached_s = {k: v.detach() for k, v in f_s.items()}
@@ -276,7 +292,23 @@ class PoseAwareADA(Method):
             m["grl"].advance()
         out = {k: v.detach() for k, v in terms.items()}
         out["loss"] = total.detach()
+        out.update(self._run_probe(ctx))
         return out
+
+    def _run_probe(self, ctx: Any) -> dict[str, torch.Tensor]:
+        """Every ``probe_every`` steps, fresh linear probes on held-out source people (where the
+        engine gave a probe); the latest values are returned with every step's losses, so each
+        logged step carries them."""
+        if self.probe is not None and self.probe_every and (ctx.step + 1) % self.probe_every == 0:
+            values = self.probe()
+            self.train(True)  # the probe evaluates in eval mode
+            self._last_probe = {f"probe_{k}": v for k, v in values.items()}
+            self.probe_log.append({"phase": ctx.phase, "step": ctx.step + 1, **values})
+        return {k: torch.tensor(v) for k, v in self._last_probe.items()}
+
+    def take_probe_log(self) -> list[dict[str, Any]]:
+        log, self.probe_log, self._last_probe = self.probe_log, [], {}
+        return log
 
     def _encode_all(self, src: Batch, tgt: Batch | None) -> dict[str, dict[str, torch.Tensor]]:
         """Features of the source batch, the cross-pose partners used (a fraction of the
@@ -331,22 +363,52 @@ class PoseAwareADA(Method):
             loss = loss + judge(m["pose_discriminator"], f_s["pose"], f_t["pose"])
         return loss
 
+    def _cross_input(self, f: torch.Tensor) -> torch.Tensor:
+        """What a cross classifier reads: with ``cross_normalize`` each feature standardized over
+        the batch (as a linear probe standardizes), so that neither side can win by rescaling a
+        direction; the encoders' gradient flows through the statistics too."""
+        return F.batch_norm(f, None, None, training=True) if self.cross_normalize else f
+
+    def cross_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.use_cross:
+            return {}
+        m = self.models
+        return {"pose_from_expression": m["cross_pose_classifier"](self._cross_input(features["expression"])),
+                "expression_from_pose": m["cross_expression_classifier"](self._cross_input(features["pose"]))}
+
     def _cross_encoder_term(self, f: dict[str, torch.Tensor], src: Batch) -> torch.Tensor:
-        """Encoders learn features from which the cross classifiers learn nothing."""
+        """Encoders learn features from which the cross classifiers learn nothing; the
+        classifiers' own parameters take no gradient here (they learn in their own steps)."""
         m = self.models
         xp, xe = m["cross_pose_classifier"], m["cross_expression_classifier"]
-        if self.cross_mode == "confusion":
-            # Push predictions to uniform; the classifiers' own parameters take no gradient here.
-            with _no_param_grad(xp, xe):
-                return self.confusion(xp(f["expression"]).float()) + self.confusion(xe(f["pose"]).float())
-        # grl: the classifiers minimise their loss, the encoders receive its reversed gradient.
-        return self._cross_ce(xp(grad_reverse(f["expression"])), xe(grad_reverse(f["pose"])), src)
+        with _no_param_grad(xp, xe):
+            if self.cross_mode == "confusion":  # push predictions toward uniform
+                return (self.confusion(xp(self._cross_input(f["expression"])).float())
+                        + self.confusion(xe(self._cross_input(f["pose"])).float()))
+            # grl: the encoders receive the reversed gradient of the classifiers' cross-entropy.
+            return self._cross_ce(xp(self._cross_input(grad_reverse(f["expression"]))),
+                                  xe(self._cross_input(grad_reverse(f["pose"]))), src)
 
-    def _cross_classifier_term(self, f: dict[str, torch.Tensor], src: Batch) -> torch.Tensor:
-        """The cross classifiers learn pose from f_e and expression from f_p (features detached)."""
+    def _train_cross_classifiers(self, f: dict[str, torch.Tensor], src: Batch, ctx: Any) -> torch.Tensor:
+        """``cross_inner_steps`` updates of the cross classifiers (pose from f_e, expression from
+        f_p) on the batch's detached features, at ``cross_lr`` where set. Returns the
+        cross-entropy before the first update: the classifiers' loss on features not yet fitted."""
         m = self.models
-        return self._cross_ce(m["cross_pose_classifier"](f["expression"].detach()),
-                              m["cross_expression_classifier"](f["pose"].detach()), src)
+        xp, xe = m["cross_pose_classifier"], m["cross_expression_classifier"]
+        opt = ctx.optimizers.get("cross")
+        if self.cross_lr is not None and opt is not None:
+            for group in opt.param_groups:  # constant: the recipe's scheduler does not reach it
+                group["lr"] = self.cross_lr
+        with torch.no_grad():
+            fe = self._cross_input(f["expression"].detach().float())
+            fp = self._cross_input(f["pose"].detach().float())
+        losses = []
+        for _ in range(self.cross_inner_steps):
+            with ctx.autocast():
+                loss = self._cross_ce(xp(fe), xe(fp), src)
+            ctx.update(loss, "cross", {"cross_classifiers": loss})
+            losses.append(loss.detach())
+        return losses[0]
 
     def _cross_ce(self, pose_logits: torch.Tensor, expression_logits: torch.Tensor, src: Batch) -> torch.Tensor:
         loss = self.ce(expression_logits.float(), src.expression)
