@@ -60,6 +60,12 @@ LABELS = {
 #: adaptation-time terms alone; every ablation here drops a source-time term (cross terms,
 #: reconstruction, pose branch, normalization), so none shares.
 SHARES: dict[str, str] = {}
+#: --protocol: overrides appended to every run's. pose_shift is the paper's setting: source people
+#: seen only within 30 degrees of frontal, target people at every view.
+PROTOCOLS: dict[str, list[str]] = {
+    "default": [],
+    "pose_shift": ["data.protocol={name: personalized, source_yaw_max: 30}"],
+}
 #: Development people come from this dataset seed, which no reported row uses
 #: (benchmarks/choose_defaults.py chooses the recipes' defaults on them).
 DEV_DATASET_SEED = 1000
@@ -131,16 +137,21 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", help="only these rows (recipe names)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="threads per run")
-    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / "compare")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="default",
+                    help="default: all views for source and target; pose_shift: source |yaw| <= 30")
+    ap.add_argument("--workdir", type=Path, help="default benchmarks/runs/compare[-PROTOCOL]")
+    ap.add_argument("--out", type=Path, help="default benchmarks/results/compare[-PROTOCOL]")
     ap.add_argument("--report-only", action="store_true",
                     help="tabulate the runs that have finished so far, start nothing")
     ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
     args = ap.parse_args()
+    name = "compare" if args.protocol == "default" else f"compare-{args.protocol}"
+    args.workdir = args.workdir or ROOT / "benchmarks" / "runs" / name
+    args.out = args.out or ROOT / "benchmarks" / "results" / name
     cfg = configuration(args.full)
     seeds = list(range(args.first_seed, args.first_seed + (args.seeds or cfg["seeds"])))
     targets = args.targets or cfg["targets"]
-    common = [*cfg["overrides"], *args.overrides]
+    common = [*cfg["overrides"], *PROTOCOLS[args.protocol], *args.overrides]
     rows = args.rows or MAIN_ROWS + ABLATIONS
     missing = sorted({SHARES[r] for r in rows if r in SHARES} - set(rows))
     if missing:
