@@ -101,13 +101,13 @@ def run(recipe: str, run_dir: Path, overrides: list[str], threads: int, start: b
         return None
     if not done.is_file():
         cmd = [sys.executable, "-m", "facedapt", "-q", "run", str(ROOT / "recipes" / f"{recipe}.yaml"), *overrides,
-               "--run-dir", str(run_dir)]
+               "--run-dir", str(run_dir), "--no-report"]
         if (run_dir / "recipe.yaml").is_file():
             cmd.append("--resume")
         print("  $", " ".join(cmd[3:]), flush=True)
         # Several single-threaded jobs use a small machine better than one job whose threads
         # spin-wait for each other; reports are built later, on demand (`facedapt report`).
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEDAPT_NO_REPORT": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads(done.read_text())
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,9 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rank > 0:  # under torchrun/SLURM: rank 0 reports; the others only warn, tagged with their rank
         logger.remove()
         logger.add(sys.stderr, level="WARNING", format=f"rank {rank}: {{level}} {{message}}")
-        os.environ["FACEDAPT_NO_PROGRESS"] = "1"
     loaded = _load(args, args.recipe)
-    results = run(loaded, run_dir=args.run_dir, resume=args.resume, allow_changed=args.allow_changed_recipe)
+    results = run(loaded, run_dir=args.run_dir, resume=args.resume, allow_changed=args.allow_changed_recipe,
+                  report=args.report, progress=False if rank > 0 else _progress(args))
     if rank > 0:
         return 0
     print("\n".join(summary_lines(results)))
@@ -172,7 +171,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     recipe_file = args.run_from / "recipe.yaml"  # missing: adapt() says so in its own words
     overrides = _with_block(args, recipe_file, args.overrides) if recipe_file.is_file() else args.overrides
-    done = adapt(args.run_from, args.images, out=args.out, subject=args.subject, overrides=overrides)
+    done = adapt(args.run_from, args.images, out=args.out, subject=args.subject, overrides=overrides,
+                 report=args.report, progress=_progress(args))
     print(f"personalized model for {done.subject} ({done.photos} photos): {done.model_file}")
     return 0
 
@@ -252,7 +252,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args.sweep_dir = args.sweep_dir or Path("sweeps") / Path(args.recipe).stem
     out = run_sweep(args.recipe, args.sweep_dir, overrides=overrides, grid=args.grid, seeds=args.seeds,
                     subjects=args.subjects, launcher=args.launcher, parallel=args.parallel, threads=args.threads,
-                    slurm=slurm, dry_run=args.dry_run)
+                    slurm=slurm, dry_run=args.dry_run, report=bool(args.report))
     if args.dry_run:
         print(f"{out['jobs']} job(s) in {args.sweep_dir} ({out['done']} done)")
         for d in out["planned"]:
@@ -279,6 +279,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    """-q keeps the progress line off; otherwise it is drawn on a terminal only."""
+    return False if args.quiet else None
+
+
+def _report_option(p: argparse.ArgumentParser, default: bool | None, help: str) -> None:
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=default, help=help)
 
 
 def _clip(text: str, width: int) -> str:
@@ -324,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<recipe>/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue a run (the newest of this recipe without --run-dir)")
     p.add_argument("--allow-changed-recipe", action="store_true", help="resume although the recipe changed")
+    _report_option(p, None, "write report.md/html and plots at the end (default: the recipe's eval.report)")
     p.set_defaults(func=cmd_run)
 
     p = add("validate", help="check recipes completely without building models or reading data",
@@ -351,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of the person's photos (searched recursively)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default RUN_DIR/personalized/<subject>)")
     p.add_argument("--subject", default="person", help="the person's id (default: person)")
+    _report_option(p, None, "write report.md/html and plots at the end (default: the recipe's eval.report)")
     _overrides(p)
     p.set_defaults(func=cmd_adapt)
 
@@ -404,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-cpus", type=int, default=4, metavar="N", help="slurm: CPUs per job")
     p.add_argument("--slurm-mem", type=int, default=16, metavar="GB", help="slurm: memory per job")
     p.add_argument("--dry-run", action="store_true", help="write the job directories and list them; run nothing")
+    _report_option(p, False, "each job writes its report too (default: no, many short runs; facedapt report "
+                   "builds one later)")
     p.set_defaults(func=cmd_sweep)
 
     p = add("compare", help="tables of mean and std over seeds and subjects from results.json files",
@@ -442,8 +455,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(args: argparse.Namespace) -> None:
     logger.remove()
     level = "WARNING" if args.quiet else "DEBUG" if args.verbose else "INFO"
-    if args.quiet:
-        os.environ["FACEDAPT_NO_PROGRESS"] = "1"
     logger.add(sys.stderr, level=level, format="<green>{time:HH:mm:ss}</green> {level: <7} {message}")
 
 

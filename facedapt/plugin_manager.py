@@ -52,14 +52,17 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "facedapt_plugins.augmentations",
     "facedapt_plugins.metrics",
     "facedapt_plugins.callbacks",
+    "facedapt_plugins.report",
 )
 
-#: Built-ins that register what the core's defaults name (facedapt.recipe.schema): every recipe
-#: that leaves those keys out relies on them, so blocking one is refused, as pytest refuses
+#: Built-ins that register or do what the core's defaults name (facedapt.recipe.schema): every
+#: recipe that leaves those keys out relies on them, so blocking one is refused, as pytest refuses
 #: ``-p no:`` for its essential plugins. Value: what the defaults take from it.
 ESSENTIAL_PLUGINS: dict[str, str] = {
     "facedapt_plugins.protocols": "the default protocol of data.protocol",
     "facedapt_plugins.metrics": "the default metrics of eval.metrics",
+    "facedapt_plugins.report": ("the run-end hook that writes the report eval.report asks for; eval.report=false or "
+                                "--no-report switch it off"),
 }
 
 

@@ -54,10 +54,15 @@ class Job:
     def done(self) -> bool:
         return (self.directory / DONE).is_file()
 
-    def command(self, quiet: bool = True) -> list[str]:
-        cmd = [sys.executable, "-m", "facedapt", *(["-q"] if quiet else []), "run", str(self.directory / "recipe.yaml"),
-               "--run-dir", str(self.run_dir)]
-        return cmd
+    def command(self, report: bool = False) -> list[str]:
+        return job_command(self.directory, report)
+
+
+def job_command(job_dir: Path, report: bool = False, resume: bool = False) -> list[str]:
+    """The command that runs one job: quiet (its log is job.log) and, unless ``report``, without
+    the report (many short runs; ``facedapt report`` builds one later)."""
+    return [sys.executable, "-m", "facedapt", "-q", "run", str(job_dir / "recipe.yaml"), "--run-dir",
+            str(job_dir / "run"), *([] if report else ["--no-report"]), *(["--resume"] if resume else [])]
 
 
 def split_values(text: str) -> list[str]:
@@ -171,17 +176,16 @@ def _write_plan(sweep_dir: Path, jobs: list[Job], recipe: Any, overrides: Any, g
     (sweep_dir / "sweep.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
 
 
-def execute_job(directory: str | Path, threads: int = 1) -> int:
+def execute_job(directory: str | Path, threads: int = 1, report: bool = False) -> int:
     """Run (or resume) one job in a subprocess and write DONE once its results.json exists.
     Returns the exit status. Used by both launchers (SLURM pickles this function)."""
     job_dir = Path(directory)
     if (job_dir / DONE).is_file():
         return 0
     run_dir = job_dir / "run"
-    cmd = [sys.executable, "-m", "facedapt", "-q", "run", str(job_dir / "recipe.yaml"), "--run-dir", str(run_dir)]
-    if (run_dir / "recipe.yaml").is_file():  # started before: continue from its checkpoints
-        cmd.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEDAPT_NO_REPORT": "1", "FACEDAPT_NO_PROGRESS": "1"}
+    # Started before: continue from its checkpoints.
+    cmd = job_command(job_dir, report, resume=(run_dir / "recipe.yaml").is_file())
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with (job_dir / "job.log").open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
@@ -191,14 +195,14 @@ def execute_job(directory: str | Path, threads: int = 1) -> int:
     return rc
 
 
-def launch_local(jobs: list[Job], parallel: int = 1, threads: int = 1) -> dict[str, int]:
+def launch_local(jobs: list[Job], parallel: int = 1, threads: int = 1, report: bool = False) -> dict[str, int]:
     """Run the unfinished jobs, ``parallel`` at a time; returns counts of done/failed/skipped."""
     todo = [j for j in jobs if not j.done]
     skipped = len(jobs) - len(todo)
     logger.info("sweep: {} job(s), {} already done, {} to run ({} at a time)", len(jobs), skipped, len(todo), parallel)
 
     def one(job: Job) -> int:
-        rc = execute_job(job.directory, threads)
+        rc = execute_job(job.directory, threads, report)
         state = "done" if job.done else f"failed (exit {rc}; see {job.directory / 'job.log'})"
         logger.info("job {} {}: {}", job.directory.name, _describe(job.swept), state)
         return rc
@@ -234,34 +238,34 @@ def slurm_executor(folder: Path, partition: str | None = None, time_min: int = 2
     return executor
 
 
-def launch_slurm(jobs: list[Job], executor: Any, threads: int = 1) -> list[Any]:
+def launch_slurm(jobs: list[Job], executor: Any, threads: int = 1, report: bool = False) -> list[Any]:
     """Submit every unfinished job as one job array; returns submitit's job handles."""
     todo = [j for j in jobs if not j.done]
     if not todo:
         return []
     with executor.batch():
-        handles = [executor.submit(execute_job, str(j.directory), threads) for j in todo]
+        handles = [executor.submit(execute_job, str(j.directory), threads, report) for j in todo]
     logger.info("sweep: submitted {} job(s) to SLURM ({} already done)", len(todo), len(jobs) - len(todo))
     return handles
 
 
 def run_sweep(recipe: str, sweep_dir: Path, *, overrides: Sequence[str] = (), grid: Sequence[str] = (), seeds: str = "1",
               subjects: str = "all", launcher: str = "local", parallel: int = 1, threads: int = 1,
-              slurm: dict[str, Any] | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """The ``facedapt sweep`` command as a function."""
+              slurm: dict[str, Any] | None = None, dry_run: bool = False, report: bool = False) -> dict[str, Any]:
+    """The ``facedapt sweep`` command as a function; ``report``: every job writes its report too."""
     subj: str | list[str] | None
     subj = None if subjects == "none" else "all" if subjects == "all" else [s for s in subjects.split(",") if s]
     jobs = plan(recipe, sweep_dir, list(overrides), parse_grid(list(grid)), parse_seeds(seeds), subj)
     if dry_run:
         return {"jobs": len(jobs), "done": sum(j.done for j in jobs), "planned": [str(j.directory) for j in jobs]}
     if launcher == "local":
-        return launch_local(jobs, parallel, threads)
+        return launch_local(jobs, parallel, threads, report)
     if launcher == "slurm":
         executor = slurm_executor(sweep_dir / "slurm", **(slurm or {}))
-        handles = launch_slurm(jobs, executor, threads)
+        handles = launch_slurm(jobs, executor, threads, report)
         return {"jobs": len(jobs), "submitted": [h.job_id for h in handles]}
     raise UsageError(f"--launcher {launcher!r}: expected local or slurm")
 
 
-__all__ = ["DONE", "Job", "execute_job", "launch_local", "launch_slurm", "parse_grid", "plan",
+__all__ = ["DONE", "Job", "execute_job", "job_command", "launch_local", "launch_slurm", "parse_grid", "plan",
            "run_sweep", "slurm_executor", "split_values", "target_ids"]

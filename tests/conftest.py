@@ -11,11 +11,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import facedapt_plugins.report as report_plugin
 import pytest
 import torch
 import toy_plugin
 
-from facedapt.plugin_manager import AUTOLOAD_ENV, Plugins, load_plugins, reset_plugins
+from facedapt.plugin_manager import ALLOW_ENV, AUTOLOAD_ENV, TRACE_ENV, Plugins, load_plugins, reset_plugins
 from facedapt.recipe.load import LoadedRecipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,18 +43,30 @@ TOY = (
 )
 
 
+#: The report plugin's writer; tests that look at reports put it back with the `reports` fixture.
+WRITE_REPORT = report_plugin.write_report
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Never touch the user's dataset cache, never leak the cached plugin set between tests."""
+    """Never touch the user's dataset cache, never leak the cached plugin set between tests, and
+    never let the environment of the shell that runs the tests choose or trace plugins."""
     monkeypatch.setenv("FACEDAPT_CACHE", str(tmp_path_factory.getbasetemp() / "facedapt-cache"))
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    monkeypatch.setenv("FACEDAPT_NO_REPORT", "1")  # reports cost ~1 s a run; test_report.py unsets it
-    monkeypatch.setenv("FACEDAPT_NO_PROGRESS", "1")
+    for name in (AUTOLOAD_ENV, ALLOW_ENV, TRACE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    # Reports cost about a second a run and most tests do not read them (subprocess runs pass --no-report).
+    monkeypatch.setattr(report_plugin, "write_report", lambda run_dir: None)
     reset_plugins()
     deterministic = torch.are_deterministic_algorithms_enabled()
     yield
     reset_plugins()
     torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture
+def reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs in this test write their report (as they do outside the tests)."""
+    monkeypatch.setattr(report_plugin, "write_report", WRITE_REPORT)
 
 
 @pytest.fixture(scope="session")

@@ -501,7 +501,6 @@ def _restore_logging():
 @pytest.fixture
 def env(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Env:
     make_distribution(site, "fd_badinputs", "0.1", "fd_badinputs", DIST, {"badinputs": "fd_badinputs"})
-    monkeypatch.setenv("FACEDAPT_NO_PROGRESS", "1")  # what -q sets; restored after the test
     work = tmp_path / "work"
     work.mkdir()
     return Env(work, monkeypatch, capsys)

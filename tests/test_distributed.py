@@ -73,8 +73,7 @@ def _env(site: Path, cache: Path, crash: str = "") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                               "MASTER_PORT") and not k.startswith("SLURM_")}
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
-    env.update(OMP_NUM_THREADS="1", FACEDAPT_CACHE=str(cache), FACEDAPT_NO_REPORT="1", FACEDAPT_NO_PROGRESS="1",
-               FDDDP_CRASH=crash)
+    env.update(OMP_NUM_THREADS="1", FACEDAPT_CACHE=str(cache), FDDDP_CRASH=crash)
     return env
 
 
@@ -85,7 +84,7 @@ def _torchrun() -> list[str]:
 
 def _launch(site: Path, cache: Path, run_dir: Path, *extra: str, procs: int = 2, crash: str = "",
             check: bool = True) -> subprocess.CompletedProcess:
-    args = ["-m", "facedapt", "-q", "run", str(PADA), *DDP, *extra, "--run-dir", str(run_dir)]
+    args = ["-m", "facedapt", "-q", "run", str(PADA), *DDP, *extra, "--run-dir", str(run_dir), "--no-report"]
     if procs > 1:
         cmd = [*_torchrun(), f"--nproc_per_node={procs}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
                *args]

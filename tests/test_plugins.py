@@ -288,10 +288,12 @@ def test_essential_plugins_are_those_the_defaults_name() -> None:
     assert {"personalized", "accuracy", "uar", "macro_f1"} <= named
     plugins = get_plugins()
     providers = {e.origin.plugin for fam in FAMILIES for e in plugins.registry(fam) if e.name in named}
-    assert providers == set(ESSENTIAL_PLUGINS)  # every provider is essential, and nothing more is
+    # ... plus the one that acts on a default switch rather than a name: eval.report (on by default).
+    assert EvalConfig().report
+    assert providers | {"facedapt_plugins.report"} == set(ESSENTIAL_PLUGINS)  # and nothing more is essential
 
 
-@pytest.mark.parametrize("name", ["metrics", "facedapt_plugins.protocols"])
+@pytest.mark.parametrize("name", ["metrics", "facedapt_plugins.protocols", "report"])
 def test_essential_plugins_cannot_be_blocked(name: str) -> None:
     with pytest.raises(PluginError, match=f"plugins.block: '{name}': the built-in plugin .* is essential"):
         load_plugins(block=[name])

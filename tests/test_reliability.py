@@ -117,7 +117,8 @@ def _env(site: Path, **hook: str) -> dict[str, str]:
 
 
 def _cli(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "facedapt", "-q", "run", str(PADA), *EXACT, "--run-dir", str(run_dir), *extra]
+    return [sys.executable, "-m", "facedapt", "-q", "run", str(PADA), *EXACT, "--run-dir", str(run_dir), "--no-report",
+            *extra]
 
 
 def _run(site: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -9,16 +9,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import facedapt_plugins.report as report_plugin
 import pytest
 import torch
-from conftest import run_toy
+from conftest import PADA, WRITE_REPORT, run_toy, toy_recipe
 from loguru import logger
 
 from facedapt.cli import main
 from facedapt.data.samples import Samples
 from facedapt.data.splits import Domain
 from facedapt.engine import features as engine_features
-from facedapt.engine import run as engine_run
 from facedapt.plugin_manager import Plugins
 
 PLOTS = ("training_curves.png", "confusion.png", "per_subject.png", "per_yaw.png", "features.png")
@@ -29,7 +29,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def finished(tmp_path_factory: pytest.TempPathFactory, toy_plugins: Plugins) -> Path:
     run_dir = tmp_path_factory.mktemp("report") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("FACEDAPT_NO_REPORT", raising=False)  # this run must write its report
+        mp.setattr(report_plugin, "write_report", WRITE_REPORT)  # this run must write its report
         run_toy(toy_plugins, run_dir, "data.target_subjects=[T00, T01]")
     return run_dir
 
@@ -155,12 +155,57 @@ def test_report_failure_only_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     def broken(run_dir: Path) -> Path:
         raise RuntimeError("no plots today")
 
-    monkeypatch.delenv("FACEDAPT_NO_REPORT", raising=False)
     monkeypatch.setattr(facedapt.report, "build_report", broken)
     lines: list[str] = []
     sink = logger.add(lines.append, level="WARNING")
     try:
-        engine_run._write_report(tmp_path)  # must not raise
+        WRITE_REPORT(tmp_path)  # must not raise
     finally:
         logger.remove(sink)
     assert len(lines) == 1 and "no plots today" in lines[0] and "facedapt report" in lines[0]
+
+
+# -- switches: the recipe's eval.report, the command line's --report/--no-report, -q ------------
+
+
+def test_eval_report_false_or_the_runner_argument_skip_the_report(reports: None, toy_plugins: Plugins,
+                                                                   tmp_path: Path) -> None:
+    from facedapt.engine.run import Runner
+
+    run_toy(toy_plugins, tmp_path / "off", "data.target_subjects=[T00]", "eval.report=false")
+    assert (tmp_path / "off" / "results.json").is_file() and not (tmp_path / "off" / "report.md").exists()
+    # The argument (what --report/--no-report pass) wins over the recipe.
+    Runner(toy_recipe("data.target_subjects=[T00]"), run_dir=tmp_path / "arg", plugins=toy_plugins,
+           report=False).execute()
+    assert not (tmp_path / "arg" / "report.md").exists()
+
+
+@pytest.mark.parametrize(("command", "module", "function", "argv"), [
+    ("run", "facedapt.engine.run", "run", ["run", str(PADA)]),
+    ("adapt", "facedapt.engine.adapt", "adapt", ["adapt", "--from", "{tmp}", "--images", "{tmp}"]),
+    ("sweep", "facedapt.sweep", "run_sweep", ["sweep", str(PADA), "--sweep-dir", "{tmp}/s"]),
+])
+def test_report_and_progress_switches_reach_the_engine(command: str, module: str, function: str, argv: list[str],
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    seen: list[dict] = []
+
+    def probe(*args: object, **kwargs: object) -> None:
+        seen.append(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module(module), function, probe)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    default = None if command != "sweep" else False  # sweep jobs skip reports unless asked
+    for extra, report in (([], default), (["--no-report"], False), (["--report"], True)):
+        seen.clear()
+        with pytest.raises(SystemExit):
+            main([*argv, *extra])
+        assert seen[0]["report"] is report, (command, extra)
+    if command != "sweep":  # the jobs of a sweep run quiet in any case
+        for quiet, progress in (([], None), (["-q"], False)):
+            seen.clear()
+            with pytest.raises(SystemExit):
+                main([*quiet, *argv])
+            assert seen[0]["progress"] is progress, (command, quiet)

@@ -75,6 +75,7 @@ def test_local_sweep_skips_done_jobs_and_reruns_broken_ones(toy_site: Path, tmp_
     assert len(jobs) == 2
     for job in jobs:
         assert (job / sweep.DONE).is_file() and (job / "run" / "results.json").is_file()
+        assert not (job / "run" / "report.md").exists()  # jobs run with --no-report unless sweep --report
     # Break one job as a killed run leaves it: started (run/recipe.yaml), no results, no DONE.
     broken, finished = jobs
     (broken / sweep.DONE).unlink()
@@ -133,7 +134,7 @@ def test_slurm_submits_only_unfinished_jobs_as_one_array(toy_site: Path, tmp_pat
     ex = FakeExecutor()
     handles = sweep.launch_slurm(jobs, ex, threads=2)
     assert ex.batched and len(handles) == 1
-    assert ex.submitted == [(sweep.execute_job, (str(jobs[1].directory), 2))]
+    assert ex.submitted == [(sweep.execute_job, (str(jobs[1].directory), 2, False))]
 
 
 def test_slurm_job_script_prepared_without_a_cluster(toy_site: Path, tmp_path: Path,

@@ -37,9 +37,10 @@ class Adapted:
 
 def adapt(run_dir: str | os.PathLike, images: str | os.PathLike, *, out: str | os.PathLike | None = None,
           subject: str = "person", overrides: list[str] | tuple[str, ...] = (),
-          plugins: Plugins | None = None) -> Adapted:
+          plugins: Plugins | None = None, report: bool | None = None, progress: bool | None = None) -> Adapted:
     """Adapt ``run_dir``'s source model to the photos under ``images``; ``overrides`` change the
-    run's recipe (e.g. ``train.steps=300``) before the adaptation settings are applied."""
+    run's recipe (e.g. ``train.steps=300``) before the adaptation settings are applied.
+    ``report`` and ``progress`` as for :func:`facedapt.engine.run.run`."""
     run_dir, images = Path(run_dir).expanduser(), Path(images).expanduser()
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
@@ -75,7 +76,7 @@ def adapt(run_dir: str | os.PathLike, images: str | os.PathLike, *, out: str | o
     # Read the photos before the run directory is made: an empty folder fails here in one line,
     # and the engine then finds them in the dataset cache.
     samples = materialize_dataset(plugins, loaded.recipe.data.target_dataset, loaded.recipe.data.on_bad_image)
-    results = Runner(loaded, run_dir=out_dir, plugins=plugins).execute()
+    results = Runner(loaded, run_dir=out_dir, plugins=plugins, report=report, progress=progress).execute()
     model_file = out_dir / "model.pt"
     # A copy, not a move: subjects/<id>/ stays complete, so the folder remains a resumable run.
     shutil.copyfile(subject_dir(out_dir, subject) / "model.pt", model_file)

@@ -3,7 +3,6 @@ terminal; silent elsewhere (log lines at train.log_every steps take over there).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import TextIO
@@ -11,10 +10,9 @@ from typing import TextIO
 
 class Progress:
     def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+        """``enabled``: None draws on a terminal only (``-q`` and other ranks pass False)."""
         self.stream = stream or sys.stderr
-        if enabled is None:
-            enabled = self.stream.isatty() and not os.environ.get("FACEDAPT_NO_PROGRESS")
-        self.enabled = enabled
+        self.enabled = self.stream.isatty() if enabled is None else enabled
         self._label, self._total, self._start, self._start_step = "", 0, 0.0, 0
         self._last_draw = 0.0
         self._info = ""

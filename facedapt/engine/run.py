@@ -9,7 +9,6 @@ results.json schema is :mod:`facedapt.engine.results`.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -53,6 +52,9 @@ class Run:
     target: str | None = None
     models: dict[str, nn.Module] = attrs.field(factory=dict)
     metrics: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Whether the report is written when the run ends (eval.report, or the command line's
+    #: --report/--no-report); the built-in report plugin reads it.
+    report: bool = True
 
     def stamp(self) -> dict[str, Any]:
         """What every checkpoint records about where it came from."""
@@ -61,9 +63,14 @@ class Run:
 
 class Runner:
     def __init__(self, loaded: LoadedRecipe, run_dir: Path | None = None, resume: bool = False,
-                 allow_changed: bool = False, plugins: Plugins | None = None) -> None:
+                 allow_changed: bool = False, plugins: Plugins | None = None, *, report: bool | None = None,
+                 progress: bool | None = None) -> None:
+        """``report``: write the report at the end (None: as the recipe's eval.report says);
+        ``progress``: draw the progress line (None: on a terminal only)."""
         self.loaded = loaded
         self.recipe = loaded.recipe
+        self.report = self.recipe.eval.report if report is None else report
+        self.progress = progress
         self.plugins = plugins or get_plugins(self.recipe.plugins.block)
         validate(loaded, self.plugins)
         # Under torchrun/SLURM: join the process group; this rank's device (cuda:<local rank>).
@@ -118,9 +125,9 @@ class Runner:
         method = build_method(self.plugins, r, len(first.samples.subject_ids), first.samples.image_shape, num_classes)
         self.build = build_info(len(first.samples.subject_ids), first.samples.image_shape, num_classes)
         to_device(method, self.device, r.train.channels_last)
-        run = Run(r, self.loaded.resolved, self.run_dir, self.plugins, models=method.models)
+        run = Run(r, self.loaded.resolved, self.run_dir, self.plugins, models=method.models, report=self.report)
         runner = PhaseRunner(r, self.plugins, method, self.device, self.precision, run,
-                             build_augmentations(self.plugins, r))
+                             build_augmentations(self.plugins, r), self.progress)
         self._phase_runner = runner
         main = distributed.is_main()
         if main:  # lifecycle hooks run on rank 0 only
@@ -159,9 +166,8 @@ class Runner:
         results["world_size"] = distributed.world_size()
         if main:
             rundir.write_json(self.run_dir / "results.json", results)
-            self.plugins.hook.facedapt_on_run_end(run=run, results=results)
             logger.info("{}; results in {}", summary_lines(results)[0], self.run_dir / "results.json")
-            _write_report(self.run_dir)
+            self.plugins.hook.facedapt_on_run_end(run=run, results=results)  # the report plugin among them
         distributed.barrier()  # results.json exists before any rank returns
         return results
 
@@ -275,20 +281,6 @@ def _restore_handlers(previous: dict[int, Any]) -> None:
         signal.signal(s, h)
 
 
-def _write_report(run_dir: Path) -> None:
-    """report.md/html and plots; the results are already safe, so a failure here only warns.
-    FACEDAPT_NO_REPORT=1 skips it (many short runs, e.g. sweeps; `facedapt report` builds it later)."""
-    if os.environ.get("FACEDAPT_NO_REPORT"):
-        return
-    try:
-        from facedapt.report import build_report
-
-        logger.info("report in {}", build_report(run_dir))
-    except Exception as exc:  # noqa: BLE001 - never fail a finished run over its report
-        logger.warning("report not written ({}: {}); rebuild it with: facedapt report {}", type(exc).__name__, exc,
-                       run_dir)
-
-
 def _subset(domain: Domain, n: int, seed: int) -> Domain:
     if len(domain) <= n:
         return domain
@@ -297,10 +289,14 @@ def _subset(domain: Domain, n: int, seed: int) -> Domain:
 
 
 def run(loaded: LoadedRecipe, *, run_dir: str | Path | None = None, resume: bool = False,
-        allow_changed: bool = False) -> dict[str, Any]:
+        allow_changed: bool = False, report: bool | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run a loaded recipe; returns what results.json holds. Under torchrun or SLURM every
-    process calls this; they train one model together and rank 0 writes the run directory."""
+    process calls this; they train one model together and rank 0 writes the run directory.
+
+    ``report`` overrides the recipe's eval.report; ``progress`` False keeps the progress line
+    off a terminal (None: drawn on a terminal only)."""
     try:
-        return Runner(loaded, Path(run_dir) if run_dir else None, resume, allow_changed).execute()
+        return Runner(loaded, Path(run_dir) if run_dir else None, resume, allow_changed, report=report,
+                      progress=progress).execute()
     finally:
         distributed.shutdown()

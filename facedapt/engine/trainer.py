@@ -51,7 +51,7 @@ def seed_of(*parts: Any) -> int:
 
 class PhaseRunner:
     def __init__(self, recipe: Recipe, plugins: Plugins, method: Method, device: torch.device, precision: str,
-                 run: Any, augmentations: list[Any]) -> None:
+                 run: Any, augmentations: list[Any], progress: bool | None = None) -> None:
         self.recipe = recipe
         self.plugins = plugins
         self.method = method
@@ -59,7 +59,7 @@ class PhaseRunner:
         self.precision = precision
         self.run = run
         self.augmentations = augmentations
-        self.progress = Progress()
+        self.progress = Progress(enabled=progress)  # None: on a terminal only
         self.stop_signal: str | None = None  # set by a signal handler; the loop saves and stops
 
     def amp(self) -> Any:

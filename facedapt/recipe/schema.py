@@ -78,6 +78,7 @@ class EvalConfig:
     metrics: list[str] = _f(factory=lambda: ["accuracy", "uar", "macro_f1"], help="registered metrics reported per target and averaged (results key target_<name>)")
     leakage_probe: bool = _f(True, "fit linear probes: pose from expression features, expression from pose features")
     probe_steps: int = _f(200, "optimization steps of each linear probe")
+    report: bool = _f(True, "write report.md, report.html and plots when the run ends (`--no-report` on the command line; `facedapt report RUN_DIR` builds one later)")
 
 
 @attrs.frozen
