@@ -1,11 +1,12 @@
 """What the speed benchmarks share: the engine's training step built as the engine builds it.
 
 :func:`build_bench` goes through the same calls as ``facedapt.engine.run.Runner``: the recipe
-with overrides, the plugins, the dataset (materialized through the cache), the protocol's
-split, ``build_method``, the models moved to the device (channels_last where the recipe asks),
-a ``PhaseRunner`` and the phase's optimizers and ``StepContext``. :meth:`Bench.step` is the body
-of ``PhaseRunner.run_phase``'s loop (gather, partners, augmentation, target batch,
-``train_step``, schedulers), so timing it times the engine's step without its logging.
+with overrides, the plugins, the datasets and the protocol's split (``load_targets``),
+``build_method``, the models moved to the device (channels_last where the recipe asks), a
+``PhaseRunner`` and the phase's optimizers and ``StepContext``. :meth:`Bench.step` is the body
+of ``PhaseRunner.run_phase``'s loop (begin the step, gather, partners, augmentation, target
+batch, ``train_step``, end the step, schedulers), so timing it times the engine's step without
+its logging.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 import facedapt
-from facedapt.data.batches import EndlessSampler, PartnerTable, gather
+from facedapt.data.batches import EndlessSampler, PartnerTable, gather, image_batches
 from facedapt.data.splits import Target
 from facedapt.engine.build import build_augmentations, build_method, load_targets, to_device
 from facedapt.engine.context import StepContext
@@ -128,9 +129,7 @@ class Bench:
 
     def _target_batches(self) -> Any:
         assert self.target is not None
-        idx = self.target.indices
-        for start in range(0, len(idx), 256):
-            yield self.target.samples.images[idx[start:start + 256]].float().div_(127.5).sub_(1.0)
+        return image_batches(self.target.samples, self.target.indices, self.device, self.recipe.eval.batch_size)
 
     def batch(self) -> StepBatch:
         """The step's batches, gathered exactly as PhaseRunner.run_phase gathers them."""
@@ -145,15 +144,17 @@ class Bench:
         if self.tgt_sampler is not None and self.target is not None:
             uses = self.method.uses_target_labels
             tb = gather(self.target.samples, self.tgt_sampler.next(), self.device, labels=uses,
-                        pose=uses or r.data.use_target_pose, channels_last=cl)
+                        pose=uses or r.data.use_target_pose, landmarks=uses or r.data.use_target_landmarks,
+                        channels_last=cl)
             if r.data.augment_target:
                 tb = self.runner._augment(tb, seed_of(r.seed, self.phase, self.step_index, "aug-t"))
         return StepBatch(sb, tb)
 
     def step(self) -> dict[str, torch.Tensor]:
         """One iteration of the engine's loop; returns the step's losses."""
-        self.ctx.step, self.ctx.skipped = self.step_index, False
+        self.ctx.begin_step(self.step_index)
         losses = self.method.train_step(self.batch(), self.ctx)
+        self.ctx.end_step()
         for sched in self.schedulers:
             sched.step()
         self.step_index += 1

@@ -241,3 +241,18 @@ def test_interrupted_run_resumes_exactly(phase: str, toy_plugins: Plugins, tmp_p
     assert_same_models(model_state(run_dir / "subjects" / "T00" / "model.pt"),
                        model_state(tmp_path / "reference" / "subjects" / "T00" / "model.pt"))
     assert not list(phase_dir.glob("ckpt-*.pt"))
+
+
+def test_image_batches_normalize_every_image_once_in_order() -> None:
+    from facedapt.data.batches import gather, image_batches, normalize
+
+    images = torch.arange(2 * 3 * 4 * 4).reshape(2 * 3, 1, 4, 4).remainder(256).to(torch.uint8)
+    samples = Samples(images=images, expression=torch.zeros(6, dtype=torch.long), subject=torch.zeros(6, dtype=torch.long),
+                      subject_ids=("A",), dataset="x")
+    order = torch.tensor([5, 0, 3, 1, 4])
+    batches = list(image_batches(samples, order, torch.device("cpu"), 2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    torch.testing.assert_close(torch.cat(batches), normalize(images[order]), rtol=0, atol=0)
+    # Training batches go through the same normalization: [0, 255] -> [-1, 1].
+    torch.testing.assert_close(gather(samples, order, torch.device("cpu")).images, torch.cat(batches), rtol=0, atol=0)
+    assert normalize(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]

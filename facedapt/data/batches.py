@@ -6,6 +6,8 @@ A sampler's position is two integers (epoch, offset) and its order is a pure fun
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from facedapt.data.samples import Samples
@@ -88,9 +90,18 @@ def balanced_weights(samples: Samples, indices: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1], on whatever device ``images`` is on."""
+    """uint8 [0, 255] -> float [-1, 1], on whatever device ``images`` is on: the one place images
+    become network input."""
     out = images.to(torch.float32).mul_(1.0 / 127.5).sub_(1.0)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def image_batches(samples: Samples, indices: torch.Tensor, device: torch.device,
+                  batch_size: int) -> Iterator[torch.Tensor]:
+    """The images at ``indices`` in order, ``batch_size`` at a time, on ``device`` and normalized:
+    evaluation and statistics passes, which see every image once."""
+    for start in range(0, len(indices), batch_size):
+        yield normalize(samples.images[indices[start:start + batch_size]].to(device))
 
 
 def gather(samples: Samples, index: torch.Tensor, device: torch.device, *, labels: bool = True, pose: bool = True,

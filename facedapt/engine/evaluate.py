@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facedapt.data.batches import normalize
+from facedapt.data.batches import image_batches
 from facedapt.data.samples import EXPRESSIONS, NUM_POSE_BINS
 from facedapt.data.splits import Domain
 from facedapt.method import Method
@@ -21,9 +21,7 @@ def predict_domain(method: Method, domain: Domain, device: torch.device, batch_s
     """Predicted classes (and optionally features) for every image of ``domain``, on the CPU."""
     method.train(False)
     preds, feats = [], {}
-    for start in range(0, len(domain.indices), batch_size):
-        idx = domain.indices[start:start + batch_size]
-        images = normalize(domain.samples.images[idx].to(device))
+    for images in image_batches(domain.samples, domain.indices, device, batch_size):
         with autocast():
             logits = method.predict(images, domain=domain_name)
             if features:

@@ -12,8 +12,9 @@ import json
 import signal
 import threading
 import time
-from functools import partial
+from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from loguru import logger
 from torch import nn
 
+from facedapt.data.batches import image_batches
 from facedapt.data.splits import Domain, Target
 from facedapt.engine import checkpoint, distributed, rundir
 from facedapt.engine.build import (build_augmentations, build_info, build_method, load_matching, load_state,
@@ -208,10 +210,8 @@ class Runner:
         t0 = time.perf_counter()
         adapt = target.adapt
 
-        def target_batches():
-            for start in range(0, len(adapt.indices), r.eval.batch_size):
-                idx = adapt.indices[start:start + r.eval.batch_size]
-                yield adapt.samples.images[idx].to(self.device).float().div_(127.5).sub_(1.0)
+        def target_batches() -> Iterator[torch.Tensor]:
+            return image_batches(adapt.samples, adapt.indices, self.device, r.eval.batch_size)
 
         # Before: the source model as it is (source statistics), on the images that score the
         # adapted model, so every run says how much adaptation changed.
