@@ -30,6 +30,8 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from facedapt import hookimpl
 
+from .heads import mlp_layers
+
 __all__ = ["ConditionalDiscriminator", "MLPDiscriminator", "facedapt_register_discriminators", "multilinear_map"]
 
 
@@ -39,22 +41,10 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, dropout: float = 0.5,
                  norm: Literal["batch", "none"] = "batch", spectral_norm: bool = False) -> None:
         super().__init__()
-        if norm not in ("batch", "none"):
-            raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
-        wrap = _spectral_norm if spectral_norm else (lambda m: m)
-        layers: list[nn.Module] = []
-        cin = in_features
-        for _ in range(depth):
-            layers.append(wrap(nn.Linear(cin, hidden, bias=norm == "none")))
-            if norm == "batch":
-                layers.append(nn.BatchNorm1d(hidden))
-            layers.append(nn.ReLU(inplace=True))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            cin = hidden
-        layers.append(wrap(nn.Linear(cin, 1)))
+        layers, _ = mlp_layers(in_features, [hidden] * depth + [1], norm, dropout, last_activation=False,
+                               wrap=_spectral_norm if spectral_norm else None)
         self.net = nn.Sequential(*layers)
         self.in_features = in_features
 

@@ -15,7 +15,7 @@ Registered names (engine-supplied arguments marked *):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -27,22 +27,25 @@ __all__ = ["LinearClassifier", "MLPClassifier", "MLPEncoder", "facedapt_register
 
 
 def mlp_layers(in_features: int, widths: Sequence[int], norm: str = "batch", dropout: float = 0.0,
-               last_activation: bool = True) -> tuple[list[nn.Module], int]:
+               last_activation: bool = True,
+               wrap: Callable[[nn.Linear], nn.Module] | None = None) -> tuple[list[nn.Module], int]:
     """Linear(-BN)-ReLU(-dropout) layers through ``widths``; returns (layers, last width).
 
-    With ``last_activation=False`` the last layer is a bare linear map.
+    With ``last_activation=False`` the last layer is a bare linear map. ``wrap`` is applied to
+    every linear map (e.g. spectral normalization).
     """
     if norm not in ("batch", "none"):
         raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+    linear = wrap or (lambda m: m)
     layers: list[nn.Module] = []
     cin = in_features
     for i, cout in enumerate(widths):
         last = i == len(widths) - 1
         if last and not last_activation:
-            layers.append(nn.Linear(cin, cout))
+            layers.append(linear(nn.Linear(cin, cout)))
         else:
             # BN follows the linear map, so its bias would be redundant.
-            layers.append(nn.Linear(cin, cout, bias=norm == "none"))
+            layers.append(linear(nn.Linear(cin, cout, bias=norm == "none")))
             if norm == "batch":
                 layers.append(nn.BatchNorm1d(cout))
             layers.append(nn.ReLU(inplace=True))
