@@ -52,6 +52,8 @@ from _harness import (
     update_docs,
 )
 
+from facedapt.tables import markdown
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 #: Method rows: (recipe, overrides). The pada switches are toggled one at a time from the default.
@@ -262,56 +264,52 @@ def render(rep: dict) -> str:
              ("Batch 64 source + 64 target images (source-only: 64 source images; it does not adapt), 64x64 synthetic "
              "faces, convnet backbone; img/s counts every image of the step. `cl` = channels_last. The last two columns "
              "are the median milliseconds per step at the default (bf16, channels_last): wall clock, and process CPU time "
-             "(the step's own work on one thread, less sensitive to other jobs)."), "",
-             "| method | " + " | ".join(f"{p}{' cl' if cl else ''}" for p, cl in layouts()) + " | ms/step (wall) | ms/step (CPU) |",
-             "|---|" + "---|" * (len(layouts()) + 2)]
+             "(the step's own work on one thread, less sensitive to other jobs)."), ""]
+    cells = []
     for n in METHODS:
-        cells = [f"{rows[key(n, p, cl)]['img_per_s']:.0f}" if key(n, p, cl) in rows else "-" for p, cl in layouts()]
         d = rows[key(n, "bf16", True)]
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {1000 * d['step_s']:.0f} | {1000 * d['cpu_step_s']:.0f} |")
+        cells.append([n, *(f"{rows[key(n, p, cl)]['img_per_s']:.0f}" if key(n, p, cl) in rows else "-"
+                           for p, cl in layouts()), f"{1000 * d['step_s']:.0f}", f"{1000 * d['cpu_step_s']:.0f}"])
+    lines.append(markdown(["method", *(f"{p}{' cl' if cl else ''}" for p, cl in layouts()), "ms/step (wall)",
+                           "ms/step (CPU)"], cells))
     r = tp["ratios"]
-    lines += ["", "| ratio (default precision and layout) | wall | CPU | goal |", "|---|---|---|---|",
-              f"| pada step / dann step | {r['pada_over_dann_wall']:.2f} | {r['pada_over_dann_cpu']:.2f} | <= 1.6 |",
-              (f"| dann default / dann plain fp32 (throughput) | {r['dann_default_over_plain_wall']:.2f} | "
-              f"{r['dann_default_over_plain_cpu']:.2f} | >= 1.3 |")]
-    for n, v in r["switches"].items():
-        lines.append(f"| {n} / pada | {v['over_pada_wall']:.2f} | {v['over_pada_cpu']:.2f} | (switch cost) |")
-    for n, v in sorted(r["adam_foreach"].items()):
-        lines.append(f"| {n} / {n.split(',')[0]} | {v['over_plain_adam_wall']:.2f} | {v['over_plain_adam_cpu']:.2f} "
-                     "| (optimizer option) |")
+    cells = [["pada step / dann step", f"{r['pada_over_dann_wall']:.2f}", f"{r['pada_over_dann_cpu']:.2f}", "<= 1.6"],
+             ["dann default / dann plain fp32 (throughput)", f"{r['dann_default_over_plain_wall']:.2f}",
+              f"{r['dann_default_over_plain_cpu']:.2f}", ">= 1.3"]]
+    cells += [[f"{n} / pada", f"{v['over_pada_wall']:.2f}", f"{v['over_pada_cpu']:.2f}", "(switch cost)"]
+              for n, v in r["switches"].items()]
+    cells += [[f"{n} / {n.split(',')[0]}", f"{v['over_plain_adam_wall']:.2f}", f"{v['over_plain_adam_cpu']:.2f}",
+               "(optimizer option)"] for n, v in sorted(r["adam_foreach"].items())]
+    lines.append(markdown(["ratio (default precision and layout)", "wall", "CPU", "goal"], cells))
     ec = tp["engine_check"]
     dk = rows[key("dann", "bf16", True)]
-    lines += ["", (f"Check: `PhaseRunner.run_phase` for the DANN default, {ec['steps']} steps: {1000 * ec['run_phase_step_s']:.0f} ms "
+    lines += [(f"Check: `PhaseRunner.run_phase` for the DANN default, {ec['steps']} steps: {1000 * ec['run_phase_step_s']:.0f} ms "
               f"per step wall, {1000 * ec['run_phase_cpu_step_s']:.0f} ms CPU (harness: {1000 * dk['step_s']:.0f} / "
-              f"{1000 * dk['cpu_step_s']:.0f} ms).")]
-    lines += ["", "### Synthetic generation rate", "", "| image size | threads | faces | median s | faces/s | CPU s |",
-              "|---|---|---|---|---|---|"]
-    for g in rep["generation"]:
-        lines.append(f"| {g['image_size']}x{g['image_size']} | {g['threads']} | {g['faces']} | {g['seconds_median']} | "
-                     f"{g['faces_per_s']:.0f} | {g['cpu_seconds_median']} |")
+              f"{1000 * dk['cpu_step_s']:.0f} ms)."), ""]
+    lines.append(markdown(["image size", "threads", "faces", "median s", "faces/s", "CPU s"],
+                          [[f"{g['image_size']}x{g['image_size']}", g["threads"], g["faces"], g["seconds_median"],
+                            f"{g['faces_per_s']:.0f}", g["cpu_seconds_median"]] for g in rep["generation"]],
+                          "### Synthetic generation rate"))
     fs = rep["first_step"]
-    lines += ["", "### Time to the first training step (default recipe, fresh process)", "",
-              "| dataset cache | process start to first step done, s | of which imports | data + split + build | first step |",
-              "|---|---|---|---|---|"]
-    for label in ("cold", "warm"):
-        f = fs[label]
-        lines.append(f"| {label} | {f['to_first_step_s']} | {f['import_s']} | {f['setup_s']} | {f['first_step_s']} |")
-    lines += ["", "### Peak memory (resident set, a fresh process per method, default precision)", "",
-              "| method | after building, MiB | peak after the steps, MiB | peak GPU memory, MiB |", "|---|---|---|---|"]
-    for n, m in rep["memory"].items():
-        gpu = f"{m['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in m else "-"
-        lines.append(f"| {n} | {m['rss_built_mib']:.0f} | {m['peak_rss_mib']:.0f} | {gpu} |")
+    lines.append(markdown(["dataset cache", "process start to first step done, s", "of which imports",
+                           "data + split + build", "first step"],
+                          [[label, fs[label]["to_first_step_s"], fs[label]["import_s"], fs[label]["setup_s"],
+                            fs[label]["first_step_s"]] for label in ("cold", "warm")],
+                          "### Time to the first training step (default recipe, fresh process)"))
+    lines.append(markdown(["method", "after building, MiB", "peak after the steps, MiB", "peak GPU memory, MiB"],
+                          [[n, f"{m['rss_built_mib']:.0f}", f"{m['peak_rss_mib']:.0f}",
+                            f"{m['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in m else "-"]
+                           for n, m in rep["memory"].items()],
+                          "### Peak memory (resident set, a fresh process per method, default precision)"))
     gr = rep["growth"]
-    lines += ["", (f"### Growth (whole `{gr['recipe']}` run, {gr['steps']} source + {gr['steps']} adaptation steps, "
-              "a fresh process per point, dataset cache warm)"), "",
-              "| varied | value | data load s | source training s | adaptation s per target | total s | peak RSS MiB |",
-              "|---|---|---|---|---|---|---|"]
-    for axis, points in gr["axes"].items():
-        for p in points:
-            t = p["timing"]
-            lines.append(f"| {axis.replace('_', ' ')} | {p[axis]} | {t['data']:.2f} | {t['source']:.1f} | "
-                         f"{p['adapt_s_per_subject']:.1f} | {t['total']:.1f} | {p['peak_rss_mib']:.0f} |")
-    return "\n".join(lines) + "\n"
+    cells = [[axis.replace("_", " "), p[axis], f"{p['timing']['data']:.2f}", f"{p['timing']['source']:.1f}",
+              f"{p['adapt_s_per_subject']:.1f}", f"{p['timing']['total']:.1f}", f"{p['peak_rss_mib']:.0f}"]
+             for axis, points in gr["axes"].items() for p in points]
+    lines.append(markdown(["varied", "value", "data load s", "source training s", "adaptation s per target", "total s",
+                           "peak RSS MiB"], cells,
+                          f"### Growth (whole `{gr['recipe']}` run, {gr['steps']} source + {gr['steps']} adaptation "
+                          "steps, a fresh process per point, dataset cache warm)"))
+    return "\n".join(lines)
 
 
 def main() -> None:

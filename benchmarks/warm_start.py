@@ -45,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Bench, interleaved, machine, update_docs
 from compare import people, run
 
+from facedapt.tables import markdown
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -155,25 +157,24 @@ def render(rep: dict) -> str:
             f"({' / '.join(pct(a) for a in ws['reference_accuracy'])} per seed)."), "",
            (f"Step costs, side by side in one process (median process CPU time of {c['source']['n']} steps each): "
             f"source step {src:.0f} ms, adaptation step {ada:.0f} ms. From scratch, a subject costs "
-            f"{ws['source_steps']} x {src:.0f} ms + N x {ada:.0f} ms; warm, N x {ada:.0f} ms."), "",
-           "| adaptation steps N | time per subject, warm / from scratch | accuracy warm % (per seed) "
-           "| accuracy fraction of the reference (per seed) | worst subject vs reference, points "
-           "| goal (<= 25% time, >= 98% accuracy) |", "|---|---|---|---|---|---|"]
-    for r in ws["schedules"]:
-        out.append(f"| {r['adapt_steps']} | {pct(r['time_fraction'])}% | {pct(r['warm_accuracy_mean'])} "
-                   f"({' / '.join(pct(a) for a in r['warm_accuracy'])}) | {pct(r['accuracy_fraction'])}% "
-                   f"({' / '.join(pct(a) for a in r['accuracy_fraction_per_seed'])}) "
-                   f"| {100 * r['worst_subject_delta']:+.1f} | {'met' if r['meets_goal'] else 'not met'} |")
+            f"{ws['source_steps']} x {src:.0f} ms + N x {ada:.0f} ms; warm, N x {ada:.0f} ms."), ""]
+    out.append(markdown(
+        ["adaptation steps N", "time per subject, warm / from scratch", "accuracy warm % (per seed)",
+         "accuracy fraction of the reference (per seed)", "worst subject vs reference, points",
+         "goal (<= 25% time, >= 98% accuracy)"],
+        [[r["adapt_steps"], f"{pct(r['time_fraction'])}%",
+          f"{pct(r['warm_accuracy_mean'])} ({' / '.join(pct(a) for a in r['warm_accuracy'])})",
+          f"{pct(r['accuracy_fraction'])}% ({' / '.join(pct(a) for a in r['accuracy_fraction_per_seed'])})",
+          f"{100 * r['worst_subject_delta']:+.1f}", "met" if r["meets_goal"] else "not met"]
+         for r in ws["schedules"]]))
     pc = rep["precision"]
-    out += ["", f"Precision (source-only recipe, the recipe's source schedule, {pc['seeds']} seeds, same held-out halves):", "",
-            "| precision | target accuracy % per seed | source-val accuracy % per seed | source training s per seed |",
-            "|---|---|---|---|"]
-    for p, row in pc["rows"].items():
-        out.append(f"| {p} | {' / '.join(pct(a) for a in row['target_accuracy'])} | "
-                   f"{' / '.join(pct(a) for a in row['source_val_accuracy'])} | "
-                   f"{' / '.join(f'{s:.0f}' for s in row['source_seconds'])} |")
+    out.append(markdown(
+        ["precision", "target accuracy % per seed", "source-val accuracy % per seed", "source training s per seed"],
+        [[p, " / ".join(pct(a) for a in row["target_accuracy"]), " / ".join(pct(a) for a in row["source_val_accuracy"]),
+          " / ".join(f"{s:.0f}" for s in row["source_seconds"])] for p, row in pc["rows"].items()],
+        f"Precision (source-only recipe, the recipe's source schedule, {pc['seeds']} seeds, same held-out halves):"))
     sd = pc["target_accuracy_seed_std"]
-    out += ["", (f"bf16 - fp32: target accuracy {100 * pc['target_accuracy_mean_delta']:+.1f} points on average "
+    out += [(f"bf16 - fp32: target accuracy {100 * pc['target_accuracy_mean_delta']:+.1f} points on average "
                  f"({', '.join(f'{100 * d:+.1f}' for d in pc['target_accuracy_precision_delta'])} per seed), "
                  f"source-val {100 * pc['source_val_accuracy_mean_delta']:+.1f} points; standard deviation over seeds "
                  f"of the target accuracy: fp32 {100 * sd['fp32']:.1f}, bf16 {100 * sd['bf16']:.1f} points.")]

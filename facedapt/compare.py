@@ -27,6 +27,7 @@ import attrs
 
 from facedapt.errors import UsageError
 from facedapt.stats import excludes_zero, paired, sample_std
+from facedapt.tables import markdown
 
 METRICS = ("accuracy", "uar", "macro_f1")
 #: Keys a sweep records per job that are averaged over, never grouped by.
@@ -246,13 +247,6 @@ def render(keys: Sequence[str], rows: Sequence[dict[str, Any]], fmt: str = "md",
     raise UsageError(f"--format {fmt!r}: expected md, latex or csv")
 
 
-def markdown(header: Sequence[str], cells: Sequence[Sequence[str]], caption: str = "") -> str:
-    out = [caption, ""] if caption else []
-    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(out) + "\n"
-
-
 def latex(header: Sequence[str], cells: Sequence[Sequence[str]], caption: str = "") -> str:
     def esc(s: str) -> str:
         for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
@@ -273,13 +267,10 @@ def latex(header: Sequence[str], cells: Sequence[Sequence[str]], caption: str = 
 def breakdowns(rows: dict[str, dict[str, Any]], subjects: Sequence[str], yaws: Sequence[str]) -> str:
     """Markdown tables of accuracy per target subject (with the change against the baseline
     where rows carry ``per_subject_delta``) and per yaw; rows keyed by their label."""
-    out = ["Per target subject: accuracy % (change against source-only, points)", "",
-           "| method | " + " | ".join(subjects) + " |", "|---|" + "---|" * len(subjects)]
-    for label, r in rows.items():
-        delta = r.get("per_subject_delta", {})
-        cells = [f"{_pct(r['per_subject'].get(s, float('nan')))} ({100 * delta.get(s, 0):+.1f})" for s in subjects]
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out += ["", "Per yaw (degrees): accuracy %", "", "| method | " + " | ".join(yaws) + " |", "|---|" + "---|" * len(yaws)]
-    for label, r in rows.items():
-        out.append(f"| {label} | " + " | ".join(_pct(r["per_yaw"].get(y, float("nan"))) for y in yaws) + " |")
-    return "\n".join(out) + "\n"
+    per_subject = [[label, *(f"{_pct(r['per_subject'].get(s, float('nan')))} "
+                             f"({100 * r.get('per_subject_delta', {}).get(s, 0):+.1f})" for s in subjects)]
+                   for label, r in rows.items()]
+    per_yaw = [[label, *(_pct(r["per_yaw"].get(y, float("nan"))) for y in yaws)] for label, r in rows.items()]
+    return (markdown(["method", *subjects], per_subject,
+                     "Per target subject: accuracy % (change against source-only, points)") + "\n"
+            + markdown(["method", *yaws], per_yaw, "Per yaw (degrees): accuracy %"))

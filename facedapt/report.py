@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from facedapt.engine.rundir import safe_name
+from facedapt.tables import markdown
 from facedapt.errors import UsageError
 
 #: Targets shown in the feature projection (one row each); the rest are listed as left out.
@@ -203,10 +204,6 @@ def _with_plots(sections: list[tuple[str, Table | str]],
     return [*sections[:at], (_PLOTS, ""), *sections[at:]]
 
 
-def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
-
-
 def _markdown(data: dict[str, Any], sections: list[tuple[str, Table | str]], plots: list[tuple[str, str]]) -> str:
     lines = [f"# {_title(data)}", "", f"Run directory: `{data['run_dir']}`", ""]
     for title, body in _with_plots(sections, plots):
@@ -219,11 +216,7 @@ def _markdown(data: dict[str, Any], sections: list[tuple[str, Table | str]], plo
         if isinstance(body, str):
             lines += [body, ""]
             continue
-        head, rows = body
-        lines.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
-        lines.append("|" + "---|" * len(head))
-        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-        lines.append("")
+        lines.append(markdown(*body))
     fence = "````" if "```" in data["recipe_text"] else "```"
     lines += ["## Recipe", "", "<details><summary>recipe.yaml (resolved)</summary>", "", f"{fence}yaml",
               data["recipe_text"].rstrip("\n"), fence, "", "</details>", ""]
