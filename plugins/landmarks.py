@@ -7,6 +7,7 @@ Layouts (chosen by the number of points K):
   appears on the image left in a frontal view.
 - 5 points: the MTCNN / ArcFace layout, in image order for a frontal face: image-left eye
   centre, image-right eye centre, nose tip, image-left mouth corner, image-right mouth corner.
+  Image left is the subject's right: point 0 is the subject's right eye (68-point 36-41).
 
 A flip permutation ``perm`` is used as ``flipped = mirrored[:, perm]``: after mirroring x,
 point ``perm[i]`` is the one that now plays the role of point ``i``. Every table is its own
@@ -66,17 +67,19 @@ def flip_permutation(num_points: int) -> tuple[int, ...]:
 
 
 def five_points(landmarks: torch.Tensor) -> torch.Tensor:
-    """[B, 5, 2] eye centres, nose tip and mouth corners from a 5- or 68-point [B, K, 2]."""
-    k = landmarks.shape[1]
+    """[..., 5, 2] in the 5-point layout from a 5- or 68-point [..., K, 2]: the subject's right
+    eye centre (image left), left eye centre (image right), nose tip, right and left mouth corner.
+    Eye centres are the means of the eye contours."""
+    k = landmarks.shape[-2]
     if k == 5:
         return landmarks
     if k == 68:
-        left_eye = landmarks[:, EYE_68[0].start:EYE_68[0].stop].mean(dim=1)
-        right_eye = landmarks[:, EYE_68[1].start:EYE_68[1].stop].mean(dim=1)
+        right_eye = landmarks[..., EYE_68[0].start:EYE_68[0].stop, :].mean(dim=-2)  # 36-41
+        left_eye = landmarks[..., EYE_68[1].start:EYE_68[1].stop, :].mean(dim=-2)  # 42-47
         return torch.stack(
-            [left_eye, right_eye, landmarks[:, NOSE_TIP_68],
-             landmarks[:, MOUTH_CORNERS_68[0]], landmarks[:, MOUTH_CORNERS_68[1]]],
-            dim=1,
+            [right_eye, left_eye, landmarks[..., NOSE_TIP_68, :],
+             landmarks[..., MOUTH_CORNERS_68[0], :], landmarks[..., MOUTH_CORNERS_68[1], :]],
+            dim=-2,
         )
     raise ValueError(f"cannot derive the 5-point layout from {k} landmarks (need 5 or 68)")
 

@@ -344,3 +344,28 @@ def test_without_landmarks_and_input_untouched(name: str) -> None:
     out = _all_augs()[name](batch)
     assert out.landmarks is None and out.images.shape == batch.images.shape
     assert torch.equal(batch.images, before)
+
+
+def test_five_points_take_the_subjects_right_eye_first_on_the_image_left() -> None:
+    from facedapt_plugins.datasets.synthetic import SyntheticFaces
+    from facedapt_plugins.datasets.synthetic import five_points as synthetic_five_points
+
+    samples = SyntheticFaces("tiny").load()
+    frontal = samples.landmarks[samples.yaw == 0]
+    five = five_points(frontal)
+    assert five.shape == (len(frontal), 5, 2)
+    # 68-point 36-41 is the subject's right eye, which a frontal photo shows on the image left,
+    # where the 5-point layout (and the ArcFace template) puts point 0; likewise the mouth corners.
+    assert (five[:, 0, 0] < five[:, 1, 0]).all() and (five[:, 3, 0] < five[:, 4, 0]).all()
+    assert TEMPLATE_5[0][0] < TEMPLATE_5[1][0] and TEMPLATE_5[3][0] < TEMPLATE_5[4][0]
+    torch.testing.assert_close(five[:, 0], frontal[:, 36:42].mean(1))
+    # Mirroring commutes with taking the five points when each layout swaps its own sides.
+    mirrored = frontal.clone()
+    mirrored[..., 0] = 32 - mirrored[..., 0]
+    flipped5 = five.clone()
+    flipped5[..., 0] = 32 - flipped5[..., 0]
+    torch.testing.assert_close(five_points(mirrored[:, list(FLIP_PERM_68)]), flipped5[:, list(FLIP_PERM_5)])
+    # Any leading shape; a 5-point set is already in the layout.
+    assert five_points(frontal[None]).shape == (1, len(frontal), 5, 2) and five_points(five) is five
+    # The synthetic data set's own copy (kept by that package) agrees.
+    torch.testing.assert_close(synthetic_five_points(frontal), five)
