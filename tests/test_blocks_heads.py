@@ -93,7 +93,7 @@ def test_conv_decoder_shape_and_range(size: int) -> None:
 EXPECTED = {
     "backbones": (backbones.facedapt_register_backbones, {"convnet", "resnet18", "ir50"},
                   ("in_channels", "image_size")),
-    "heads": (heads.facedapt_register_heads, {"mlp", "linear"}, ("in_features", "num_classes")),
+    "heads": (heads.facedapt_register_heads, {"mlp", "linear", "mlp_classifier"}, ("in_features", "num_classes")),
     "discriminators": (discriminators.facedapt_register_discriminators, {"mlp", "conditional"},
                        ("in_features", "num_classes")),
     "decoders": (decoders.facedapt_register_decoders, {"conv"}, ("in_features", "out_channels", "image_size")),
