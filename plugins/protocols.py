@@ -95,8 +95,10 @@ def _yaw_weights(value: Any, key: str) -> YawWeights | None:
         if weight is None or weight < 0:
             raise RecipeError(f"weights must be numbers >= 0, got {w!r} for |yaw| {k!r}", key=key)
         points.append((yaw, weight))
-    if len({p[0] for p in points}) < len(points):
-        raise RecipeError(f"|yaw| {sorted(p[0] for p in points)} given twice, got {value!r}", key=key)
+    seen = [p[0] for p in points]
+    twice = sorted({y for y in seen if seen.count(y) > 1})
+    if twice:
+        raise RecipeError(f"|yaw| {twice[0]:g} given twice, got {value!r}", key=key)
     if not any(w > 0 for _, w in points):
         raise RecipeError(f"must be {want}, got {value!r}", key=key)
     return tuple(sorted(points))

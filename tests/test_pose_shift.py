@@ -141,6 +141,7 @@ def test_pose_shift_is_seeded(data: Samples) -> None:
     ({"target_yaw_weights": {-30: 1}}, "data.protocol.target_yaw_weights: |yaw| keys must be degrees in [0, 90], got -30"),
     ({"target_yaw_weights": {0: -1}}, "data.protocol.target_yaw_weights: weights must be numbers >= 0, got -1 for |yaw| 0"),
     ({"target_yaw_weights": {0: "x"}}, "weights must be numbers >= 0, got 'x' for |yaw| 0"),
+    ({"target_yaw_weights": {0: 1, "0": 2}}, "data.protocol.target_yaw_weights: |yaw| 0 given twice"),
 ])
 def test_bad_arguments_name_key_and_value(kwargs: dict, match: str) -> None:
     with pytest.raises(RecipeError) as info:
