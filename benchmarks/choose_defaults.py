@@ -11,8 +11,11 @@ in adaptation-time settings alone). A coordinate search, one setting at a time:
 2. at the chosen steps, the adaptation learning rate x0.3 and x3, and the adversarial weight
    x0.3 and x3 (for the methods in ``SECOND_STAGE``; the others keep the recipe's values).
 
-A stage keeps the candidate with the best mean accuracy over the development people (ties: the
-earlier candidate, i.e. fewer steps or the recipe's value). Writes
+Differences of a point or two between candidates are noise at this size, so a stage does not
+simply keep the best mean (the one-standard-error rule): the steps stage keeps the fewest steps
+whose mean accuracy over the development people is within one standard error (of the paired
+per-person differences) of the best candidate's; the second stage changes the recipe's value
+only for a candidate that beats the kept one by more than one standard error. Writes
 benchmarks/results/choose_defaults.{json,md}; finished runs are kept under --workdir and skipped.
 
     python benchmarks/choose_defaults.py --jobs 2
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import statistics
 import sys
@@ -68,6 +72,14 @@ def second_stage(best: dict[str, float]) -> list[dict[str, float]]:
     return out + [{**best, "adv_weight": float(f"{best['adv_weight'] * f:.3g}")} for f in (0.3, 3.0)]
 
 
+def behind(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """How far ``b`` trails ``a`` beyond one standard error of their paired per-person
+    differences (positive: ``a`` is better by more than one standard error)."""
+    diffs = [a["per_person"][k] - b["per_person"][k] for k in a["per_person"]]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return statistics.fmean(diffs) - se
+
+
 def name(c: dict[str, float]) -> str:
     return f"steps{int(c['steps'])}-lr{c['lr']:g}-w{c['adv_weight']:g}"
 
@@ -108,11 +120,13 @@ def main() -> None:
             # The first candidate trains the source model; the others wait for it.
             rows = [evaluate(m, first, None)]
             rows += list(pool.map(lambda c: evaluate(m, c, base_dir), rest))
-            best = max(rows, key=lambda r: round(r["accuracy"], 6))  # first of equals: fewer steps
+            top = max(rows, key=lambda r: r["accuracy"])
+            best = next(r for r in sorted(rows, key=lambda r: r["steps"]) if behind(top, r) <= 0)
             stages = [{"varied": "steps", "candidates": rows, "chosen": best}]
             if m in SECOND_STAGE:
                 more = list(pool.map(lambda c: evaluate(m, c, base_dir), second_stage(best)))
-                best = max([best, *more], key=lambda r: round(r["accuracy"], 6))
+                better = [r for r in more if behind(r, best) > 0]
+                best = max(better, key=lambda r: r["accuracy"]) if better else best
                 stages.append({"varied": "learning rate, adversarial weight", "candidates": more, "chosen": best})
             return {"current": current(m), "stages": stages,
                     "chosen": {k: best[k] for k in ("steps", "lr", "adv_weight")}, "chosen_accuracy": best["accuracy"]}
@@ -140,7 +154,7 @@ def render(rep: dict[str, Any]) -> str:
                 "| stage | steps | adaptation lr | adversarial weight | accuracy % | |", "|---|---|---|---|---|---|"]
         for i, st in enumerate(r["stages"], 1):
             for c in st["candidates"]:
-                mark = "kept" if c is st["chosen"] or all(c[k] == st["chosen"][k] for k in ("steps", "lr", "adv_weight")) else ""
+                mark = "kept" if all(c[k] == st["chosen"][k] for k in ("steps", "lr", "adv_weight")) else ""
                 out.append(f"| {i} | {int(c['steps'])} | {c['lr']:g} | {c['adv_weight']:g} | {100 * c['accuracy']:.1f} | {mark} |")
         ch = r["chosen"]
         out += ["", f"Chosen: {int(ch['steps'])} steps, learning rate {ch['lr']:g}, adversarial weight "
