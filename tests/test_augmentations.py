@@ -348,7 +348,6 @@ def test_without_landmarks_and_input_untouched(name: str) -> None:
 
 def test_five_points_take_the_subjects_right_eye_first_on_the_image_left() -> None:
     from facedapt_plugins.datasets.synthetic import SyntheticFaces
-    from facedapt_plugins.datasets.synthetic import five_points as synthetic_five_points
 
     samples = SyntheticFaces("tiny").load()
     frontal = samples.landmarks[samples.yaw == 0]
@@ -367,5 +366,3 @@ def test_five_points_take_the_subjects_right_eye_first_on_the_image_left() -> No
     torch.testing.assert_close(five_points(mirrored[:, list(FLIP_PERM_68)]), flipped5[:, list(FLIP_PERM_5)])
     # Any leading shape; a 5-point set is already in the layout.
     assert five_points(frontal[None]).shape == (1, len(frontal), 5, 2) and five_points(five) is five
-    # The synthetic data set's own copy (kept by that package) agrees.
-    torch.testing.assert_close(synthetic_five_points(frontal), five)

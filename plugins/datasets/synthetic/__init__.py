@@ -9,7 +9,6 @@ from typing import Any
 
 from facedapt import hookimpl
 
-from .landmarks import FIVE_POINT_EYES, FIVE_POINT_MOUTH, FIVE_POINT_NOSE, five_points
 from .presets import PRESETS, SyntheticPreset
 from .source import GENERATOR_VERSION, Rendered, SyntheticFaces
 
@@ -19,5 +18,4 @@ def facedapt_register_datasets(registry: Any) -> None:
     registry.register("synthetic", SyntheticFaces)
 
 
-__all__ = ["FIVE_POINT_EYES", "FIVE_POINT_MOUTH", "FIVE_POINT_NOSE", "GENERATOR_VERSION", "PRESETS", "Rendered",
-           "SyntheticFaces", "SyntheticPreset", "five_points"]
+__all__ = ["GENERATOR_VERSION", "PRESETS", "Rendered", "SyntheticFaces", "SyntheticPreset"]

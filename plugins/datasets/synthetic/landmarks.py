@@ -18,21 +18,6 @@ import torch
 from .face import ASPECT, EYE_Q, MOUTH_Q, FaceShape, head_points, mouth_curves
 
 NUM_LANDMARKS = 68
-#: The usual 5-point set as 68-point indices: right eye, left eye, nose tip, mouth corners.
-#: Eye points are the means of the eye contours (36-41 and 42-47).
-FIVE_POINT_EYES = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47))
-FIVE_POINT_NOSE = 30
-FIVE_POINT_MOUTH = (48, 54)
-
-
-def five_points(landmarks: torch.Tensor) -> torch.Tensor:
-    """[..., 68, 2] -> [..., 5, 2]: right eye centre, left eye centre, nose tip, right and left mouth corner."""
-    right = landmarks[..., list(FIVE_POINT_EYES[0]), :].mean(-2)
-    left = landmarks[..., list(FIVE_POINT_EYES[1]), :].mean(-2)
-    return torch.stack([right, left, landmarks[..., FIVE_POINT_NOSE, :],
-                        landmarks[..., FIVE_POINT_MOUTH[0], :], landmarks[..., FIVE_POINT_MOUTH[1], :]], -2)
-
-
 def _jaw_directions() -> tuple[torch.Tensor, torch.Tensor]:
     gamma = torch.linspace(0, math.pi, 17, dtype=torch.float64)
     return (-0.95 * gamma.cos()).float(), (0.12 - 1.0 * gamma.sin()).float()
@@ -93,5 +78,4 @@ def landmarks_3d(f: FaceShape) -> torch.Tensor:
     return head_points(X, Qc, Z, f)
 
 
-__all__ = ["NUM_LANDMARKS", "FIVE_POINT_EYES", "FIVE_POINT_NOSE", "FIVE_POINT_MOUTH", "five_points",
-           "landmarks_3d", "MOUTH_Q"]
+__all__ = ["NUM_LANDMARKS", "landmarks_3d", "MOUTH_Q"]
