@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from facedapt_plugins.datasets import synthetic
-from facedapt_plugins.datasets.synthetic import SyntheticFaces, five_points
+from facedapt_plugins.datasets.synthetic import SyntheticFaces
+from facedapt_plugins.landmarks import five_points
 
 from facedapt.data.samples import EXPRESSIONS, Samples
 from facedapt.errors import RecipeError
