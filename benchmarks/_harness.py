@@ -223,6 +223,9 @@ DOC_SECTIONS = {
     "warm_start": ("warm_start.md", "No warm-start results yet: run `python benchmarks/warm_start.py`."),
     "compare": ("compare.md", ("The comparison table appears here once `python benchmarks/compare.py` has written "
                               "benchmarks/results/compare.md (refresh with `python benchmarks/speed.py --docs-only`).")),
+    "compare_pose_shift": ("compare-pose_shift.md", ("No pose-shift table yet: run "
+                                                     "`python benchmarks/compare.py --protocol pose_shift`.")),
+    "choose_defaults": ("choose_defaults.md", "No results yet: run `python benchmarks/choose_defaults.py`."),
 }
 
 
