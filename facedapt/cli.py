@@ -224,12 +224,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["image", "face", "x", "y", "width", "height", "expression", "probability", "yaw",
-                         *(f"p_{c}" for c in model.classes)])
+                         *(f"p_{c}" for c in model.classes), "trained_on"])
         for p in photos:
             for i, f in enumerate(p["faces"]):
                 writer.writerow([p["image"], i, *f["box"], f["expression"], f"{f['probability']:.4f}",
                                  "" if f["yaw"] is None else f"{f['yaw']:g}",
-                                 *(f"{f['probabilities'][c]:.4f}" for c in model.classes)])
+                                 *(f"{f['probabilities'][c]:.4f}" for c in model.classes),
+                                 "; ".join(p["trained_on"])])
     elif found:
         print(f"{'image':<28} {'face box (x,y,w,h)':<20} {'expression':<11} {'p':>5}  {'yaw':>5}  top 3")
         for p in photos:
@@ -239,6 +240,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 top = "  ".join(f"{name} {prob:.2f}" for name, prob in f["top"])
                 print(f"{_clip(p['image'], 28):<28} {box:<20} {f['expression']:<11} {f['probability']:5.2f}  "
                       f"{yaw:>5}  {top}")
+        print(f"model trained on: {', '.join(model.trained_on) or 'nothing (untrained)'}")
     # Exit 2 only when nothing at all was found: a batch with some faceless photos still succeeded.
     return 0 if found else 2
 
@@ -383,8 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("predict", help="find faces in photos and predict their expressions",
                        description="Find faces in ordinary photos (OpenCV's Haar cascade, the optional extra "
-                       "facedapt[detect]), crop each with a margin and predict its expression and yaw. Exit 0 when "
-                       "a face was found in at least one photo, 2 when in none or when a photo cannot be read.")
+                       "facedapt[detect]; without it, pass --no-detect), crop each with a margin and predict its "
+                       "expression and yaw. The output names what the model was trained on; a model trained on "
+                       "synthetic faces only warns that photos are out of its domain. Exit 0 when a face was found "
+                       "in at least one photo, 2 when in none, when a photo cannot be read or when OpenCV is missing.")
     p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="run directory, subject directory or model.pt")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photo files")
     fmt = p.add_mutually_exclusive_group()

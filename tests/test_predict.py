@@ -20,10 +20,12 @@ import facedapt
 from facedapt.cli import main
 from facedapt.engine.faces import CASCADE, square_around
 from facedapt.engine.run import Runner
+from facedapt.errors import UsageError
 from facedapt.plugin_manager import get_plugins
 from facedapt.recipe.load import load_recipe
 
 FACE_FIELDS = {"box", "detected", "expression", "probabilities", "yaw", "probability", "top"}
+OUT_OF_DOMAIN = "learned expressions from synthetic faces only (trained on: synthetic)"
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +91,14 @@ def needs_cascade() -> None:
 
 
 def run_json(capsys: pytest.CaptureFixture, *argv: str, code: int = 0) -> tuple[list[dict], str]:
+    """predict --json; returns the photos and stderr less the one out-of-domain warning that a
+    model trained on synthetic faces gives (checked here)."""
     assert main(["-q", "predict", *argv, "--json"]) == code
     captured = capsys.readouterr()
-    return json.loads(captured.out), captured.err
+    lines = captured.err.splitlines(keepends=True)
+    warnings = [line for line in lines if OUT_OF_DOMAIN in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], captured.err
+    return json.loads(captured.out), "".join(line for line in lines if line not in warnings)
 
 
 def check_face(face: dict, classes: tuple[str, ...]) -> None:
@@ -113,6 +120,7 @@ def test_whole_photo_json(model_dir: Path, face_photo: Path, capsys: pytest.Capt
     photos, err = run_json(capsys, "--checkpoint", str(model_dir), "--no-detect", str(face_photo))
     assert err == ""
     assert len(photos) == 1 and photos[0]["image"] == str(face_photo)
+    assert photos[0]["trained_on"] == ["synthetic"]
     (face,) = photos[0]["faces"]
     check_face(face, facedapt.load_model(model_dir).classes)
     assert face["box"] == [25, 0, 150, 150] and face["detected"] is False  # the center square
@@ -121,6 +129,7 @@ def test_whole_photo_json(model_dir: Path, face_photo: Path, capsys: pytest.Capt
 def test_library_matches_cli(model_dir: Path, face_photo: Path, capsys: pytest.CaptureFixture) -> None:
     model = facedapt.load_model(model_dir / "subjects" / "S001")
     got = model.predict_faces([face_photo], detect=False)
+    capsys.readouterr()  # the library's own out-of-domain warning
     photos, _ = run_json(capsys, "--checkpoint", str(model_dir / "subjects" / "S001"), "--no-detect", str(face_photo))
     assert got == photos
     # The crop goes through predict's own resizing: the same as predicting the square region.
@@ -128,25 +137,39 @@ def test_library_matches_cli(model_dir: Path, face_photo: Path, capsys: pytest.C
     assert model.predict(square.contiguous())[0]["probabilities"] == pytest.approx(got[0]["faces"][0]["probabilities"])
 
 
-def test_without_opencv_falls_back_with_one_warning(model_dir: Path, face_photo: Path, capsys: pytest.CaptureFixture,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_opencv_refuses_photos(model_dir: Path, face_photo: Path, capsys: pytest.CaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """No detector: one line and exit 2, not a prediction on each whole photo (a landscape too)."""
     no_opencv(monkeypatch)
-    assert main(["predict", "--checkpoint", str(model_dir), "--json", str(face_photo)]) == 0
+    assert main(["predict", "--checkpoint", str(model_dir), "--json", str(face_photo)]) == 2
     captured = capsys.readouterr()
-    warnings = [line for line in captured.err.splitlines() if "WARNING" in line]
-    assert len(warnings) == 1 and "pip install 'facedapt[detect]'" in warnings[0], captured.err
-    (face,) = json.loads(captured.out)[0]["faces"]
-    assert face["detected"] is False
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("facedapt: error:") and "pip install 'facedapt[detect]'" in line and "--no-detect" in line
+    with pytest.raises(UsageError, match="OpenCV"):
+        facedapt.load_model(model_dir).predict_faces([face_photo])
+
+
+def test_library_warns_once_on_photos(model_dir: Path, face_photo: Path, capsys: pytest.CaptureFixture) -> None:
+    model = facedapt.load_model(model_dir)
+    assert model.trained_on == ["synthetic"] and model.synthetic_only
+    pixels = torch.from_numpy(np.array(Image.open(face_photo).convert("RGB"))).permute(2, 0, 1).contiguous()
+    model.predict(pixels)  # a tensor may be a render: no warning
+    assert OUT_OF_DOMAIN not in capsys.readouterr().err
+    model.predict([face_photo])
+    model.predict_faces([face_photo], detect=False)
+    assert capsys.readouterr().err.count(OUT_OF_DOMAIN) == 1
 
 
 def test_table_and_csv(model_dir: Path, face_photo: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["-q", "predict", "--checkpoint", str(model_dir), "--no-detect", str(face_photo)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["image", "face"] and "top 3" in out[0]
-    assert len(out) == 2 and "25,0,150,150" in out[1]
+    assert len(out) == 3 and "25,0,150,150" in out[1] and out[2] == "model trained on: synthetic"
     assert main(["-q", "predict", "--checkpoint", str(model_dir), "--no-detect", "--csv", str(face_photo)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 1 and rows[0]["image"] == str(face_photo) and rows[0]["width"] == "150"
+    assert rows[0]["trained_on"] == "synthetic"
     probs = [float(v) for k, v in rows[0].items() if k.startswith("p_")]
     assert len(probs) == 7 and abs(sum(probs) - 1) < 1e-3
 
@@ -154,7 +177,7 @@ def test_table_and_csv(model_dir: Path, face_photo: Path, capsys: pytest.Capture
 def test_no_face(model_dir: Path, blank: Path, capsys: pytest.CaptureFixture) -> None:
     needs_cascade()
     photos, err = run_json(capsys, "--checkpoint", str(model_dir), str(blank), code=2)
-    assert photos == [{"image": str(blank), "faces": []}]
+    assert photos == [{"image": str(blank), "trained_on": ["synthetic"], "faces": []}]
     assert err.strip() == f"no face found in {blank}"
 
 

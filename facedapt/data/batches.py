@@ -7,8 +7,11 @@ A sampler's position is two integers (epoch, offset) and its order is a pure fun
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, Literal
 
+import attrs
 import torch
+from torch import nn
 
 from facedapt.data.samples import Samples
 from facedapt.errors import UsageError
@@ -91,9 +94,88 @@ def balanced_weights(samples: Samples, indices: torch.Tensor) -> torch.Tensor:
 
 def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], on whatever device ``images`` is on: the one place images
-    become network input."""
+    become network input (the canonical input; a backbone whose weights expect another
+    convention converts it in its first layer, an InputAdapter)."""
     out = images.to(torch.float32).mul_(1.0 / 127.5).sub_(1.0)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+@attrs.frozen
+class InputConvention:
+    """What a network's weights expect of their input, and what they were trained on.
+
+    ``mean`` and ``std`` are per channel of pixels scaled to [0, 1], in the network's channel
+    order (one value: every channel); ``channels`` is that order (``gray``: one luma plane);
+    ``size`` the side the weights were trained at (None: any). ``trained_on`` names the data the
+    weights learned from ("" for none) and ``expressions`` says whether they already recognise
+    facial expressions in real photos. The engine's canonical input (``normalize``) is RGB or
+    gray in [-1, 1], i.e. mean 0.5 and std 0.5.
+    """
+
+    name: str = "canonical"
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    channels: Literal["rgb", "bgr", "gray"] = "rgb"
+    size: int | None = None
+    trained_on: str = ""
+    expressions: bool = False
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.channels == "gray" else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON, weights-only checkpoints)."""
+        return {"name": self.name, "mean": list(self.mean), "std": list(self.std), "channels": self.channels,
+                "size": self.size, "trained_on": self.trained_on, "expressions": self.expressions}
+
+
+#: The engine's own input: what ``normalize`` produces, and what backbones trained here see.
+CANONICAL = InputConvention()
+
+
+class InputAdapter(nn.Module):
+    """Canonical input (RGB or gray in [-1, 1]) -> what ``convention`` asks for: channel order
+    and count, then mean and std. It is a backbone's first layer, so the convention travels with
+    the network everywhere it goes (training, evaluation, AdaBN passes, prediction), while the
+    batches, augmentations and reconstruction targets stay in the one canonical form.
+
+    ``mean`` and ``std`` are buffers, saved in every model.pt with the weights.
+    """
+
+    def __init__(self, convention: InputConvention) -> None:
+        super().__init__()
+        self.convention = convention
+        n = convention.num_channels
+        mean = torch.tensor(convention.mean, dtype=torch.float32).expand(n).clone()
+        std = torch.tensor(convention.std, dtype=torch.float32).expand(n).clone()
+        self.register_buffer("mean", mean.view(1, n, 1, 1))
+        self.register_buffer("std", std.view(1, n, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        want = self.convention.channels
+        if want == "gray" and x.shape[1] == 3:
+            # ITU-R 601 luma, as Pillow's "L" and OpenCV's RGB2GRAY convert.
+            x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif want != "gray" and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if want == "bgr":
+            x = x.flip(1)
+        return (x * 0.5 + 0.5 - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"convention={self.convention.name!r}, channels={self.convention.channels!r}"
+
+
+def input_convention(module: nn.Module) -> InputConvention:
+    """The input convention of a network: its InputAdapter's (the first one found; the values
+    its buffers hold, as loaded), else canonical."""
+    for m in module.modules():
+        if isinstance(m, InputAdapter):
+            mean = tuple(round(float(v), 6) for v in m.mean.flatten())
+            std = tuple(round(float(v), 6) for v in m.std.flatten())
+            return attrs.evolve(m.convention, mean=mean, std=std)
+    return CANONICAL
 
 
 def image_batches(samples: Samples, indices: torch.Tensor, device: torch.device,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from loguru import logger
 
+from facedapt.data.batches import CANONICAL, InputConvention, input_convention
 from facedapt.data.samples import NUM_POSE_BINS, Samples
 from facedapt.data.splits import SplitRequest, Target
 from facedapt.data.store import materialize
@@ -29,12 +30,34 @@ ModelStates = dict[str, dict[str, torch.Tensor]]
 
 
 def build_method(plugins: Plugins, recipe: Recipe, num_subjects: int, image_shape: tuple[int, int, int],
-                 num_classes: int) -> Method:
+                 num_classes: int, load_weights: bool = True) -> Method:
+    """The recipe's method with its networks built for these shapes.
+
+    ``load_weights=False``: components that start from a weights file (those whose factory takes
+    ``load_weights``) are built with their layout and input convention but without reading the
+    file, for a saved model whose model.pt holds every weight (it may be used where the file is not).
+    """
     method = plugins.registry("methods").get(recipe.method.name)(**recipe.method.kwargs)
-    ctx = BuildContext(plugins, dict(getattr(method, "roles", {})), dict(recipe.model), num_classes, NUM_POSE_BINS,
-                       num_subjects, image_shape)
+    roles = dict(getattr(method, "roles", {}))
+    model = dict(recipe.model)
+    if not load_weights:
+        for role, comp in model.items():
+            if role in roles and "load_weights" in factory_params(plugins.registry(roles[role]).get(comp.name)):
+                model[role] = Component(comp.name, {**comp.kwargs, "load_weights": False})
+    ctx = BuildContext(plugins, roles, model, num_classes, NUM_POSE_BINS, num_subjects, image_shape)
     method.models = method.build(ctx)
     return method
+
+
+def input_conventions(method: Method) -> dict[str, InputConvention]:
+    """Each network's input convention (facedapt.data.batches.InputConvention), for those that
+    differ from the engine's canonical input: what their weights expect and were trained on."""
+    out = {}
+    for name, module in method.models.items():
+        convention = input_convention(module)
+        if convention != CANONICAL:
+            out[name] = convention
+    return out
 
 
 def build_info(num_subjects: int, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:

@@ -7,6 +7,10 @@
     model = facedapt.load_model("runs/pada/20250101-120000/subjects/S005")  # an adapted one
     model.predict(["me.jpg"])  # [{"expression": "happy", "probabilities": {...}, "yaw": 15.0}]
     model.predict_faces(["party.jpg"])  # faces found in a photo, each cropped and predicted
+
+A model knows what it was trained on (``trained_on``: the datasets of its recipe it learned
+from, and what its pretrained weights learned from); one whose expressions come from synthetic
+faces only warns, once, when it is asked about photos.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import attrs
 import torch
 from torch.nn import functional as F
 
-from facedapt.data.batches import normalize
+from facedapt.data.batches import InputConvention, normalize
 from facedapt.data.imageio import BadImage, decode
 from facedapt.data.samples import EXPRESSIONS, bin_to_yaw
 from facedapt.engine import checkpoint
@@ -33,6 +37,8 @@ from facedapt.recipe.schema import Recipe
 
 #: Images per forward pass in ``predict`` (bounds memory for long lists).
 PREDICT_BATCH = 256
+#: Dataset plugins whose faces are rendered, not photographed.
+SYNTHETIC_DATASETS = frozenset({"synthetic"})
 
 ImageInput = torch.Tensor | Sequence[str | os.PathLike]
 
@@ -54,10 +60,45 @@ class Model:
     device: torch.device
     precision: str
     info: dict[str, Any] = attrs.field(factory=dict)  # kind, target, method, recipe digest, versions
+    #: network name -> the input convention of its weights, where not the canonical one
+    conventions: dict[str, InputConvention] = attrs.field(factory=dict)
+    _warned: bool = attrs.field(default=False, init=False)
 
     @property
     def recipe(self) -> Recipe:
         return self.loaded.recipe
+
+    @property
+    def trained_on(self) -> list[str]:
+        """What the model learned from: its pretrained weights' data, then the datasets of its
+        recipe that it trained on (the source when it took training steps or started from
+        another model, the target dataset when adapted to one)."""
+        r = self.recipe
+        out = [c.trained_on for c in self.conventions.values() if c.trained_on]
+        if r.train.source_steps > 0 or r.train.init_from:
+            out.append(r.data.dataset.name)
+        if self.domain == "target" and r.data.target_dataset is not None:
+            out.append(r.data.target_dataset.name)
+        return list(dict.fromkeys(out))
+
+    @property
+    def synthetic_only(self) -> bool:
+        """True when every expression it knows was learned from synthetic faces."""
+        if any(c.expressions for c in self.conventions.values()):
+            return False
+        r = self.recipe
+        names = {r.data.dataset.name} | ({r.data.target_dataset.name} if r.data.target_dataset else set())
+        return names <= SYNTHETIC_DATASETS
+
+    def warn_photos(self) -> None:
+        """Once per model: photos are out of the domain of a model trained on synthetic faces."""
+        if self.synthetic_only and not self._warned:
+            from loguru import logger
+
+            self._warned = True
+            logger.warning("this model learned expressions from synthetic faces only (trained on: {}); photos are out "
+                           "of its domain, so do not trust its predictions on them", ", ".join(self.trained_on)
+                           or "nothing")
 
     def amp(self) -> Any:
         return autocast(self.precision, self.device)
@@ -69,6 +110,7 @@ class Model:
             return fit_tensor(images, h, c)
         if isinstance(images, (str, os.PathLike)):
             images = [images]
+        self.warn_photos()  # files are photos; tensors may be renders
         return read_images([Path(p) for p in images], h, c)
 
     @torch.no_grad()
@@ -94,12 +136,13 @@ class Model:
                       top: int = 3) -> list[dict[str, Any]]:
         """Find the faces in ordinary photos and predict each (facedapt.engine.faces).
 
-        One dict per photo: ``image`` and ``faces``, a list (empty: no face found) of dicts with
-        ``box`` ([x, y, width, height] in photo pixels, the square the model saw), ``detected``
-        (False: the whole photo's center square stood in, with ``detect=False`` or without
-        OpenCV) and ``predict``'s ``expression``, ``probabilities`` and ``yaw``, plus
+        One dict per photo: ``image``, ``trained_on`` (what the model learned from) and ``faces``,
+        a list (empty: no face found) of dicts with ``box`` ([x, y, width, height] in photo pixels,
+        the square the model saw), ``detected`` (False: the whole photo's center square stood in,
+        with ``detect=False``) and ``predict``'s ``expression``, ``probabilities`` and ``yaw``, plus
         ``probability`` (of the expression) and ``top`` ([name, p] pairs, most likely first).
         Every photo is read before any prediction, so an unreadable one raises DataError first.
+        Without OpenCV, ``detect=True`` raises UsageError rather than take whole photos for faces.
         """
         from facedapt.engine.faces import INSTALL_HINT, find_faces, opencv_available
 
@@ -108,11 +151,11 @@ class Model:
         if not paths:
             raise UsageError("predict: no image paths given")
         if detect and not opencv_available():
-            from loguru import logger
-
-            logger.warning("face detection needs OpenCV ({}); predicting on each whole photo instead", INSTALL_HINT)
-            detect = False
+            # A whole photo is not a face crop: predicting on it answers for a landscape too.
+            raise UsageError(f"finding faces in photos needs OpenCV ({INSTALL_HINT}); or pass --no-detect "
+                             "(detect=False) to take the center square of each photo as its face")
         crops = [find_faces(p, use_detector=detect) for p in paths]
+        self.warn_photos()
         c, h, _ = self.image_shape
         flat = [face for faces in crops for face in faces]
         preds = self.predict(torch.cat([fit_tensor(f.pixels, h, c) for f in flat])) if flat else []
@@ -126,7 +169,7 @@ class Model:
                 rows.append({"box": list(face.box), "detected": face.detected, **pred,
                              "probability": pred["probabilities"][pred["expression"]],
                              "top": [[name, p] for name, p in ranked[:top]]})
-            out.append({"image": str(path), "faces": rows})
+            out.append({"image": str(path), "trained_on": self.trained_on, "faces": rows})
         return out
 
 
@@ -189,7 +232,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", plug
     ``path``: a run directory (its source model), a subject or personalized directory (its
     adapted model.pt) or a model.pt file; the recipe is the nearest recipe.yaml above it.
     """
-    from facedapt.engine.build import build_method, load_state
+    from facedapt.engine.build import build_method, input_conventions, load_state
     from facedapt.engine.rundir import find_model_file
 
     given = Path(path).expanduser()
@@ -202,7 +245,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", plug
     loaded = load_recipe(find_recipe(file))
     plugins = plugins or get_plugins(loaded.recipe.plugins.block)
     image_shape = tuple(int(x) for x in build["image_shape"])
-    method = build_method(plugins, loaded.recipe, int(build["num_subjects"]), image_shape, int(build["num_classes"]))
+    # Pretrained weights files are not read again: model.pt holds every weight and buffer, the
+    # input conventions' included, and may be used where those files are not.
+    method = build_method(plugins, loaded.recipe, int(build["num_subjects"]), image_shape, int(build["num_classes"]),
+                          load_weights=False)
     for m in method.models.values():
         m.to(device)
     try:
@@ -218,7 +264,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", plug
     except UsageError:  # fp16 (a CUDA training choice) asked for on the CPU
         precision = "fp32"
     return Model(method, loaded, file, image_shape, tuple(EXPRESSIONS[:int(build["num_classes"])]),
-                 "source" if kind == "source" else "target", device, precision, info)
+                 "source" if kind == "source" else "target", device, precision, info, input_conventions(method))
 
 
 def evaluate_dataset(model: Model, dataset: str, options: dict[str, Any] | None = None,
