@@ -41,6 +41,7 @@ TRACE_ENV = "FACEDAPT_TRACE_PLUGINS"
 #: Built-in plugin modules, registered directly like pytest's default plugins.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "facedapt_plugins.backbones",
+    "facedapt_plugins.fer_model",
     "facedapt_plugins.heads",
     "facedapt_plugins.discriminators",
     "facedapt_plugins.decoders",

@@ -71,11 +71,11 @@ class Model:
     @property
     def trained_on(self) -> list[str]:
         """What the model learned from: its pretrained weights' data, then the datasets of its
-        recipe that it trained on (the source when it took training steps or started from
-        another model, the target dataset when adapted to one)."""
+        recipe that it trained on (the source when it took source steps, the target dataset when
+        adapted to one)."""
         r = self.recipe
         out = [c.trained_on for c in self.conventions.values() if c.trained_on]
-        if r.train.source_steps > 0 or r.train.init_from:
+        if r.train.source_steps > 0:
             out.append(r.data.dataset.name)
         if self.domain == "target" and r.data.target_dataset is not None:
             out.append(r.data.target_dataset.name)
