@@ -91,7 +91,7 @@ def test_conv_decoder_shape_and_range(size: int) -> None:
 
 
 EXPECTED = {
-    "backbones": (backbones.facedapt_register_backbones, {"convnet", "resnet18", "ir50"},
+    "backbones": (backbones.facedapt_register_backbones, {"convnet", "resnet18", "resnet50", "ir50"},
                   ("in_channels", "image_size")),
     "heads": (heads.facedapt_register_heads, {"mlp", "linear", "mlp_classifier"}, ("in_features", "num_classes")),
     "discriminators": (discriminators.facedapt_register_discriminators, {"mlp", "conditional"},
