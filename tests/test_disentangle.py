@@ -117,3 +117,47 @@ def test_results_record_the_training_probe_and_the_cross_classifiers(plugins: Pl
     assert saved["training_probe"] == results["training_probe"]
     logged = [json.loads(line) for line in (tmp_path / "run" / "source" / "metrics.jsonl").read_text().splitlines()]
     assert "probe_pose_from_expression" in logged[-1]
+
+
+def test_between_class_share_is_zero_for_equal_class_means_and_near_one_for_the_label_itself() -> None:
+    from facedapt_plugins.methods.pose_aware import _between_class_share
+
+    y = torch.arange(4).repeat(8)
+    same = torch.randn(8, 6).repeat_interleave(4, 0)  # every class sees the same 8 rows
+    assert float(_between_class_share(same, y, 4)) < 1e-5
+    plain = F.one_hot(y, 4).float() + 0.01 * torch.randn(32, 4)
+    assert float(_between_class_share(plain, y, 4)) > 0.95
+    # rescaling a feature changes nothing: the share is read on standardized features
+    torch.testing.assert_close(_between_class_share(plain * torch.tensor([1.0, 10, 0.5, 3]), y, 4),
+                               _between_class_share(plain, y, 4), rtol=1e-2, atol=1e-2)
+    # the correlation ratio, written out on standardized features; unlabelled rows (-1) ignored
+    f, labels = torch.randn(32, 6), torch.randint(0, 4, (32,))
+    z = F.batch_norm(f, None, None, training=True, eps=1e-3)
+    want = sum((labels == k).float().mean() * z[labels == k].mean(0).pow(2).sum() for k in range(4)) / 6
+    torch.testing.assert_close(_between_class_share(f, labels, 4), want)
+    torch.testing.assert_close(_between_class_share(torch.cat([f, 100 * torch.randn(3, 6)]),
+                                                    torch.cat([labels, torch.full((3,), -1)]), 4), want)
+
+
+def test_means_mode_reaches_the_encoders_but_not_the_cross_classifiers(plugins: Plugins, samples: Samples) -> None:
+    method, _ = _method(plugins, samples, "method.cross_mode=means")
+    idx = torch.nonzero(samples.subject != 0).squeeze(1)[:8]
+    src = gather(samples, idx, torch.device("cpu"))
+    method.train(True)
+    f = method.encode(src.images, "source")
+    term = method._cross_encoder_term(f, src)
+    params = {n: list(method.models[n].parameters()) for n in ("backbone", "expression_encoder", "pose_encoder", *CROSS)}
+    grads = torch.autograd.grad(term, [p for ps in params.values() for p in ps], allow_unused=True)
+    reached, i = {}, 0
+    for n, ps in params.items():
+        reached[n] = any(gr is not None and bool(gr.abs().sum() > 0) for gr in grads[i:i + len(ps)])
+        i += len(ps)
+    assert reached == {"backbone": True, "expression_encoder": True, "pose_encoder": True,
+                       CROSS[0]: False, CROSS[1]: False}
+
+
+@pytest.mark.parametrize(("mode", "weight"), [("means", 1.0), ("confusion", 0.1), ("grl", 0.1)])
+def test_each_cross_mode_has_its_measured_weight_unless_the_recipe_sets_one(mode: str, weight: float,
+                                                                            plugins: Plugins, samples: Samples) -> None:
+    assert _method(plugins, samples, f"method.cross_mode={mode}")[0].cross_weight == weight
+    assert _method(plugins, samples, f"method.cross_mode={mode}", "method.cross_weight=0.3")[0].cross_weight == 0.3

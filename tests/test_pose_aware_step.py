@@ -177,8 +177,10 @@ def test_alternating_updates_keep_discriminator_and_encoder_gradients_apart(plug
 # ----------------------------------------------------------------------------- cross terms
 
 
-def test_confusion_reaches_the_encoders_but_not_the_cross_classifiers(plugins: Plugins, samples: Samples) -> None:
-    method = _method(plugins, samples)
+@pytest.mark.parametrize("mode", ["confusion", "means"])
+def test_confusion_reaches_the_encoders_but_not_the_cross_classifiers(mode: str, plugins: Plugins,
+                                                                      samples: Samples) -> None:
+    method = _method(plugins, samples, f"method.cross_mode={mode}")
     ctx, _ = _step(method, _batch(samples, method))
     names = (*CROSS, *ENCODERS, "expression_classifier", "pose_classifier")
     confusion = _grads(ctx.updates["main"]["cross"], method, names)

@@ -52,6 +52,10 @@ ROLES = {
 }
 
 
+#: The cross weight of each cross mode where a recipe gives none (benchmarks/disentangle.py).
+CROSS_WEIGHTS = {"means": 1.0, "confusion": 0.1, "grl": 0.1}
+
+
 def _choice(name: str, value: Any, options: tuple) -> Any:
     if value not in options:
         raise RecipeError(f"{value!r} is not one of {', '.join(map(str, options))}", key=f"method.{name}")
@@ -80,8 +84,8 @@ class PoseAwareADA(Method):
         warmup_gamma: float = 10.0,
         target_entropy_weight: float = 0.0,
         cross_adversarial: bool = True,
-        cross_mode: Literal["confusion", "grl"] = "confusion",
-        cross_weight: float = 0.1,
+        cross_mode: Literal["confusion", "grl", "means"] = "means",
+        cross_weight: float | None = None,
         cross_lr: float | None = None,
         cross_inner_steps: int = 1,
         cross_hidden: int = 0,
@@ -103,7 +107,7 @@ class PoseAwareADA(Method):
         self.cfg.pop("self")
         _choice("norm", norm, ("shared", "per_domain"))
         _choice("adversarial", adversarial, ("grl", "alternating"))
-        _choice("cross_mode", cross_mode, ("confusion", "grl"))
+        _choice("cross_mode", cross_mode, ("confusion", "grl", "means"))
         _choice("identity_code", identity_code, ("none", "subject_embedding"))
         if not 0 < partner_fraction <= 1:
             raise RecipeError(f"must be in (0, 1], got {partner_fraction}", key="method.partner_fraction")
@@ -116,13 +120,18 @@ class PoseAwareADA(Method):
                 raise RecipeError(f"must not be negative, got {self.cfg[key]}", key=f"method.{key}")
         if rec_size < 8:
             raise RecipeError(f"must be at least 8, got {rec_size}", key="method.rec_size")
-        for key in ("pose_weight", "adv_weight", "cross_weight", "rec_weight", "target_entropy_weight"):
+        if cross_weight is None:  # measured per mode (docs/method.md): a bounded share, or a classifier's loss
+            cross_weight = CROSS_WEIGHTS[cross_mode]
+        for key in ("pose_weight", "adv_weight", "rec_weight", "target_entropy_weight"):
             if self.cfg[key] < 0:
                 raise RecipeError(f"must not be negative, got {self.cfg[key]}", key=f"method.{key}")
         if conditional and joint_discriminator:
             raise RecipeError("a conditional discriminator conditions f_e on expression predictions; it cannot be joint",
                               key="method.joint_discriminator")
+        if cross_weight < 0:
+            raise RecipeError(f"must not be negative, got {cross_weight}", key="method.cross_weight")
         self.__dict__.update(self.cfg)
+        self.cross_weight = cross_weight
         self.pose_branch = pose_branch
         # Terms that need the pose branch are off without it (the "without pose branch" ablation).
         self.use_adv = adaptation and adv_weight > 0
@@ -140,6 +149,7 @@ class PoseAwareADA(Method):
     # -- building ---------------------------------------------------------------
     def build(self, ctx: Any) -> dict[str, nn.Module]:
         c, h, _ = ctx.image_shape
+        self.num_classes, self.num_pose_bins = ctx.num_classes, ctx.num_pose_bins
         m: dict[str, nn.Module] = {}
         m["backbone"] = ctx.build("backbone", "convnet", in_channels=c, image_size=h)
         width = m["backbone"].out_features
@@ -377,8 +387,14 @@ class PoseAwareADA(Method):
                 "expression_from_pose": m["cross_expression_classifier"](self._cross_input(features["pose"]))}
 
     def _cross_encoder_term(self, f: dict[str, torch.Tensor], src: Batch) -> torch.Tensor:
-        """Encoders learn features from which the cross classifiers learn nothing; the
-        classifiers' own parameters take no gradient here (they learn in their own steps)."""
+        """Encoders learn features from which the other label cannot be read: with ``means`` by
+        pulling its class means together, otherwise against the cross classifiers, whose own
+        parameters take no gradient here (they learn in their own steps)."""
+        if self.cross_mode == "means":
+            share = _between_class_share(f["pose"], src.expression, self.num_classes)
+            if src.pose_bin is not None:
+                share = share + _between_class_share(f["expression"], src.pose_bin, self.num_pose_bins)
+            return share
         m = self.models
         xp, xe = m["cross_pose_classifier"], m["cross_expression_classifier"]
         with _no_param_grad(xp, xe):
@@ -440,6 +456,36 @@ class PoseAwareADA(Method):
         if goal.shape[-1] != self.rec_size:
             goal = F.interpolate(goal, size=(self.rec_size, self.rec_size), mode="area")
         return self.rec_loss(torch.cat(outputs), goal)
+
+
+def _between_class_share(f: torch.Tensor, y: torch.Tensor, num_classes: int, eps: float = 1e-3) -> torch.Tensor:
+    """Share of each batch-standardized feature's variance explained by the class means of ``y``
+    (the correlation ratio, averaged over features; 0 when every class has the same mean, which
+    leaves a linear probe nothing to separate by). Labels of -1 are ignored. Built from sums
+    taken over every process of a distributed run, so that it is the global batch's share.
+    ``eps`` keeps features that barely vary from amplifying rounding noise."""
+    f = f.float()
+    onehot = F.one_hot(y.long().clamp_min(0), num_classes).float() * (y >= 0).float().unsqueeze(1)
+    valid = onehot.sum(1, keepdim=True)
+    d = f.shape[1]
+    sums = _global_sum(torch.cat([onehot.sum(0), (onehot.t() @ f).flatten()]))
+    counts, class_sums = sums[:num_classes], sums[num_classes:].view(num_classes, d)
+    n = counts.sum().clamp_min(1)
+    mean = class_sums.sum(0) / n
+    # Two passes (mean, then squared deviations): E[x^2] - E[x]^2 would cancel badly.
+    var = _global_sum(((f - mean).pow(2) * valid).sum(0)) / n
+    means = (class_sums / counts.clamp_min(1).unsqueeze(1) - mean) / (var + eps).sqrt()
+    return (counts / n * means.pow(2).sum(1)).sum() / d
+
+
+def _global_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the processes of a distributed run (differentiable), else ``x``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(x)
+    return x
 
 
 class _no_param_grad:
