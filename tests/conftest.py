@@ -15,6 +15,7 @@ import facedapt_plugins.report as report_plugin
 import pytest
 import torch
 import toy_plugin
+from loguru import logger
 
 from facedapt.plugin_manager import ALLOW_ENV, AUTOLOAD_ENV, TRACE_ENV, Plugins, load_plugins, reset_plugins
 from facedapt.recipe.load import LoadedRecipe, load_recipe
@@ -145,3 +146,34 @@ def benchmark_module(name: str) -> ModuleType:
         return mod
     finally:
         sys.path.remove(folder)
+
+
+@pytest.fixture
+def restore_logging() -> Any:
+    """The CLI's main() points loguru at the captured stderr; give later tests a working sink again."""
+    yield
+    logger.remove()
+    logger.add(lambda message: sys.stderr.write(message))
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``facedapt ARGV...`` in process: exit status, standard output, standard error."""
+    from facedapt.cli import main
+
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def backbone_distributions(site: Path, *names: str) -> None:
+    """One third-party distribution per name (``fd_<name>`` 1.0, entry point ``<name>``), each
+    registering the backbone ``<name>_net``."""
+    for name in names:
+        source = f"""
+            from facedapt import hookimpl
+
+            @hookimpl
+            def facedapt_register_backbones(registry):
+                registry.register("{name}_net", object)
+        """
+        make_distribution(site, f"fd_{name}", "1.0", f"fd_{name}", source, {name: f"fd_{name}"})

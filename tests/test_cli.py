@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PADA, TOY, make_distribution, write_recipe
-from loguru import logger
+from conftest import PADA, TOY, backbone_distributions, make_distribution, run_cli, write_recipe
 
 import facedapt
 from facedapt.cli import main
@@ -22,18 +21,7 @@ TOY_DIST = """
 """
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() points loguru at the captured stderr; give later tests a working sink again."""
-    yield
-    logger.remove()
-    logger.add(lambda message: sys.stderr.write(message))
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,7 +50,7 @@ def test_console_script_version() -> None:
 
 
 def test_plugins_table(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _cli(capsys, "plugins")
+    rc, out, _ = run_cli(capsys, "plugins")
     assert rc == 0
     lines = out.splitlines()
     assert "backbones:" in lines and "methods:" in lines
@@ -71,7 +59,7 @@ def test_plugins_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _cli(capsys, "plugins", "--json")
+    rc, out, _ = run_cli(capsys, "plugins", "--json")
     assert rc == 0
     data = json.loads(out)
     assert data["failed"] == []
@@ -85,7 +73,7 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("argv", [["-p", "no:augmentations", "plugins", "--json"],
                                   ["plugins", "--json", "-p", "no:augmentations"]])
 def test_plugins_block_builtin_module(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _cli(capsys, *argv)
+    rc, out, _ = run_cli(capsys, *argv)
     assert rc == 0
     families = json.loads(out)["families"]
     assert families["augmentations"] == [] and families["backbones"]
@@ -93,29 +81,29 @@ def test_plugins_block_builtin_module(argv: list[str], capsys: pytest.CaptureFix
 
 def test_plugins_lists_failed_plugin(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_distribution(site, "fd_broken", "0.2", "fd_broken", "raise RuntimeError('boom')\n", {"broken": "fd_broken"})
-    rc, out, _ = _cli(capsys, "plugins")
+    rc, out, _ = run_cli(capsys, "plugins")
     assert rc == 0
     assert "failed to load: broken (fd_broken): RuntimeError: boom" in out
 
 
 def test_recipes_list(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _cli(capsys, "recipes")
+    rc, out, _ = run_cli(capsys, "recipes")
     assert rc == 0
     assert any(ln.split()[:1] == ["pada"] for ln in out.splitlines())
-    assert _cli(capsys, "recipes", "list")[1] == out
+    assert run_cli(capsys, "recipes", "list")[1] == out
 
 
 def test_recipes_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dest = tmp_path / "mine.yaml"
-    rc, out, _ = _cli(capsys, "recipes", "copy", "pada", str(dest))
+    rc, out, _ = run_cli(capsys, "recipes", "copy", "pada", str(dest))
     assert rc == 0 and str(dest) in out
     assert load_recipe(dest).recipe == load_recipe("pada", ["name=mine"]).recipe
     # Into a folder; and never over an existing file.
-    assert _cli(capsys, "recipes", "copy", "pada", str(tmp_path))[0] == 0
+    assert run_cli(capsys, "recipes", "copy", "pada", str(tmp_path))[0] == 0
     assert (tmp_path / "pada.yaml").is_file()
-    rc, _, err = _cli(capsys, "recipes", "copy", "pada", str(dest))
+    rc, _, err = run_cli(capsys, "recipes", "copy", "pada", str(dest))
     assert rc == 2 and "already exists" in err
-    rc, _, err = _cli(capsys, "recipes", "copy", "nosuch", str(tmp_path / "x.yaml"))
+    rc, _, err = run_cli(capsys, "recipes", "copy", "nosuch", str(tmp_path / "x.yaml"))
     assert rc == 2 and "unknown recipe 'nosuch'" in err
 
 
@@ -127,20 +115,20 @@ def test_recipes_copy_of_extending_recipe_loads(tmp_path: Path, capsys: pytest.C
         pytest.skip("no bundled recipe extends another")
     for name in extending:
         dest = tmp_path / f"{name}-copy.yaml"
-        assert _cli(capsys, "recipes", "copy", name, str(dest))[0] == 0
+        assert run_cli(capsys, "recipes", "copy", name, str(dest))[0] == 0
         assert load_recipe(dest).recipe == load_recipe(name, [f"name={name}-copy"]).recipe
 
 
 @pytest.mark.parametrize("recipe", ["recipes/pada.yaml", "pada"])
 def test_validate_ok(recipe: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(PADA.parents[1])
-    rc, out, err = _cli(capsys, "validate", recipe, "--set", "train.steps=3")
+    rc, out, err = run_cli(capsys, "validate", recipe, "--set", "train.steps=3")
     assert rc == 0, err
     assert out.strip().endswith(": ok")
 
 
 def test_validate_several(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _cli(capsys, "validate", str(PADA), "pada")
+    rc, out, _ = run_cli(capsys, "validate", str(PADA), "pada")
     assert rc == 0 and len(out.splitlines()) == 2
 
 
@@ -167,7 +155,7 @@ def bad_yaml(tmp_path: Path) -> Path:
 def test_bad_input_is_one_line(argv: list[str], match: str, tmp_path: Path, bad_yaml: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     argv = [a.format(tmp=tmp_path, bad_yaml=bad_yaml) for a in argv]
-    rc, out, err = _cli(capsys, *argv)
+    rc, out, err = run_cli(capsys, *argv)
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -193,7 +181,7 @@ def test_internal_error_is_one_line_unless_debug(monkeypatch: pytest.MonkeyPatch
         raise ZeroDivisionError("oops")
 
     monkeypatch.setattr(validate_module, "validate", broken)
-    rc, _, err = _cli(capsys, "validate", "pada")
+    rc, _, err = run_cli(capsys, "validate", "pada")
     assert rc == 1 and err.strip().splitlines() == [
         "facedapt: internal error: ZeroDivisionError: oops (rerun with --debug for the traceback)"]
     with pytest.raises(ZeroDivisionError):
@@ -205,17 +193,17 @@ def test_run_and_resume_from_the_command_line(site: Path, tmp_path: Path, capsys
     run_dir = tmp_path / "run"
     args = ["run", "pada", *TOY, "train.source_steps=2", "train.steps=2", "data.target_subjects=[T00]",
             "--run-dir", str(run_dir)]
-    rc, out, err = _cli(capsys, "-q", *args)
+    rc, out, err = run_cli(capsys, "-q", *args)
     assert rc == 0, err
     assert out.splitlines()[0].startswith("target accuracy ") and "T00:" in out
     resolved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert resolved["data"]["dataset"] == {"name": "toy"}
     # The same command again refuses to overwrite; --resume finds every target done.
-    rc, _, err = _cli(capsys, "-q", *args)
+    rc, _, err = run_cli(capsys, "-q", *args)
     assert rc == 2 and "already holds a run" in err and len(err.strip().splitlines()) == 1
-    rc, out2, _ = _cli(capsys, "-q", *args, "--resume")
+    rc, out2, _ = run_cli(capsys, "-q", *args, "--resume")
     assert rc == 0 and out2 == out
-    rc, _, err = _cli(capsys, "-q", *args, "train.steps=3", "--resume")
+    rc, _, err = run_cli(capsys, "-q", *args, "train.steps=3", "--resume")
     assert rc == 2 and "train.steps: 2 -> 3" in err
 
 
@@ -231,19 +219,11 @@ def test_unknown_arguments_are_usage_errors(argv: list[str], capsys: pytest.Capt
 
 def test_command_line_block_adds_to_recipe_block_list(site: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("a", "b"):
-        source = f"""
-            from facedapt import hookimpl
-
-            @hookimpl
-            def facedapt_register_backbones(registry):
-                registry.register("{name}_net", object)
-        """
-        make_distribution(site, f"fd_{name}", "1.0", f"fd_{name}", source, {name: f"fd_{name}"})
+    backbone_distributions(site, "a", "b")
     recipe = write_recipe(tmp_path / "r.yaml", "extends: pada\nplugins: {block: [b]}\nmodel: {backbone: b_net}\n")
-    rc, _, err = _cli(capsys, "-p", "no:a", "validate", str(recipe))
+    rc, _, err = run_cli(capsys, "-p", "no:a", "validate", str(recipe))
     assert rc == 2 and "unknown backbone 'b_net'" in err
-    rc, _, err = _cli(capsys, "-p", "no:b", "validate", str(recipe), "--set", "model.backbone=a_net")
+    rc, _, err = run_cli(capsys, "-p", "no:b", "validate", str(recipe), "--set", "model.backbone=a_net")
     assert rc == 0, err
-    rc, _, err = _cli(capsys, "-p", "no:a", "validate", str(recipe), "--set", "model.backbone=a_net")
+    rc, _, err = run_cli(capsys, "-p", "no:a", "validate", str(recipe), "--set", "model.backbone=a_net")
     assert rc == 2 and "unknown backbone 'a_net'" in err

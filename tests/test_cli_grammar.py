@@ -5,14 +5,12 @@ to every plugin set a command loads."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import PADA, write_recipe
-from loguru import logger
+from conftest import PADA, run_cli, write_recipe
 
 import facedapt.cli as cli
 from facedapt.cli import build_parser, main
@@ -20,22 +18,11 @@ from facedapt.errors import UsageError
 from facedapt.plugin_manager import get_plugins
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() points loguru at the captured stderr; give later tests a working sink again."""
-    yield
-    logger.remove()
-    logger.add(lambda message: sys.stderr.write(message))
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *parts: str) -> str:
-    rc, out, err = _cli(capsys, *argv)
+    rc, out, err = run_cli(capsys, *argv)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert lines[0].startswith("facedapt: error:") and "Traceback" not in out + err
@@ -59,7 +46,7 @@ def test_validate_override_with_bad_value_names_the_key(monkeypatch: pytest.Monk
     ["validate", "pada", "-q", "train.steps=3", "--set", "~train.eval_every"],
 ])
 def test_validate_takes_overrides_positionally_and_with_set(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = _cli(capsys, *argv)
+    rc, out, err = run_cli(capsys, *argv)
     assert rc == 0, err
     assert out.strip().endswith(": ok") and len(out.splitlines()) == 1
 
@@ -75,7 +62,7 @@ def test_an_argument_with_equals_is_never_a_recipe_file(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     for name in ("train.steps=3", "~train.eval_every"):
         write_recipe(tmp_path / name, f"extends: {PADA}\n")
-    rc, out, err = _cli(capsys, "validate", "pada", "train.steps=3", "~train.eval_every")
+    rc, out, err = run_cli(capsys, "validate", "pada", "train.steps=3", "~train.eval_every")
     assert rc == 0, err
     assert len(out.splitlines()) == 1 and "pada.yaml: ok" in out
     for argv in (["validate", "train.steps=3"], ["run", "train.steps=3"], ["sweep", "~train.eval_every"]):
@@ -106,7 +93,7 @@ def test_bad_overrides_are_one_line(argv: list[str], parts: list[str], tmp_path:
     ["--dry-run", "--set", "train.steps=3"],
 ])
 def test_sweep_overrides_any_position(tail: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = _cli(capsys, "sweep", "pada", "--subjects", "none", "--sweep-dir", str(tmp_path / "s"), *tail)
+    rc, _, err = run_cli(capsys, "sweep", "pada", "--subjects", "none", "--sweep-dir", str(tmp_path / "s"), *tail)
     assert rc == 0, err
     (job,) = (tmp_path / "s").glob("*/recipe.yaml")
     assert yaml.safe_load(job.read_text())["train"]["steps"] == 3
@@ -128,7 +115,7 @@ def test_adapt_overrides(argv: list[str], tmp_path: Path, monkeypatch: pytest.Mo
         raise UsageError("stop")
 
     monkeypatch.setattr(adapt_module, "adapt", fake)
-    rc, _, err = _cli(capsys, "adapt", "--from", str(tmp_path), "--images", str(tmp_path), *argv)
+    rc, _, err = run_cli(capsys, "adapt", "--from", str(tmp_path), "--images", str(tmp_path), *argv)
     assert rc == 2 and "stop" in err
     assert seen["overrides"] == ["train.steps=3", "~eval.leakage_probe"]
 
@@ -145,7 +132,7 @@ def test_eval_dataset_options_parse_like_overrides(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(model_io, "load_model", lambda path: object())
     monkeypatch.setattr(model_io, "evaluate_dataset", fake_evaluate)
-    rc, _, err = _cli(capsys, "eval", "split=test", "--checkpoint", str(tmp_path), "--dataset", "kdef",
+    rc, _, err = run_cli(capsys, "eval", "split=test", "--checkpoint", str(tmp_path), "--dataset", "kdef",
                       "subjects=[S1, S2]", "--set", "crop.size=64", "--root", "/data")
     assert rc == 2 and "stop" in err
     assert seen == {"dataset": "kdef", "options": {"split": "test", "subjects": ["S1", "S2"], "crop": {"size": 64},
@@ -237,7 +224,7 @@ def test_block_applies_inside_every_command(command: str, before: bool, tmp_path
 
     monkeypatch.setattr(importlib.import_module(module), name, probe)
     block = ["-p", "no:augmentations", "-p", "no:SOMEPLUGIN"]  # an unknown name is accepted, as in pytest
-    rc, _, err = _cli(capsys, *(block + argv if before else argv + block))
+    rc, _, err = run_cli(capsys, *(block + argv if before else argv + block))
     assert rc == 2 and "probe reached" in err, err
     assert seen == [[]]
     assert get_plugins().registry("augmentations").names()  # lifted when the command returns
@@ -273,7 +260,7 @@ def test_recipe_cannot_block_an_essential_builtin(tmp_path: Path, capsys: pytest
 
 def test_sweep_jobs_record_the_command_line_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", f"extends: {PADA}\nplugins: {{block: [b]}}\n")
-    rc, _, err = _cli(capsys, "-p", "no:a", "sweep", str(recipe), "--subjects", "none", "--dry-run",
+    rc, _, err = run_cli(capsys, "-p", "no:a", "sweep", str(recipe), "--subjects", "none", "--dry-run",
                       "--sweep-dir", str(tmp_path / "s"), "-p", "no:b", "-p", "no:c")
     assert rc == 0, err
     (job,) = (tmp_path / "s").glob("*/recipe.yaml")

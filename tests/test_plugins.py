@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import toy_plugin
-from conftest import make_distribution, toy_recipe
+from conftest import backbone_distributions, make_distribution, toy_recipe
 
 import facedapt
 from facedapt.engine.run import Runner
@@ -314,15 +314,7 @@ def test_command_line_block_adds_to_every_load_and_is_lifted(thirdparty: Path) -
 
 @pytest.fixture
 def two_plugins(site: Path) -> Path:
-    for name in ("alpha", "beta"):
-        source = f"""
-            from facedapt import hookimpl
-
-            @hookimpl
-            def facedapt_register_backbones(registry):
-                registry.register("{name}_net", object)
-        """
-        make_distribution(site, f"fd_{name}", "1.0", f"fd_{name}", source, {name: f"fd_{name}"})
+    backbone_distributions(site, "alpha", "beta")
     return site
 
 
