@@ -37,8 +37,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from facedapt.compare import add_paired, markdown, paired_cell, summarize_group
-from facedapt.stats import excludes_zero
+from facedapt.compare import accuracies, add_paired, markdown, paired_cell, summarize_group
+from facedapt.stats import excludes_zero, paired
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_ROWS = ["source_only", "adabn", "dann", "cdan", "pada", "target_supervised"]
@@ -175,6 +175,10 @@ def main() -> None:
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     report["cpu_seconds"] = round(used.ru_utime + used.ru_stime)
     report["jobs"] = args.jobs
+    previous = args.out.with_suffix(".json")
+    if args.report_only and previous.is_file():  # retabulated: the runs' command and costs stay
+        old = json.loads(previous.read_text())
+        report.update({k: old[k] for k in ("command", "machine", "seconds", "cpu_seconds", "jobs") if k in old})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     md = render(report)
@@ -189,7 +193,10 @@ def summarize(results: dict[str, list[dict]], targets: int, seeds: list[int], ov
     rows = {name: {"label": LABELS.get(name, name), "source_model": _source_label(name), **summarize_group(runs)}
             for name, runs in results.items() if runs}
     add_paired(rows, [b for b in BASELINES if b in rows])
-    return {"date": date.today().isoformat(), "machine": _machine(), "command": "python benchmarks/compare.py "
+    # What each strategy adds: the full method against the ablation without it, pair by pair.
+    effects = {ab: paired(accuracies(rows["pada"]), accuracies(rows[ab])) for ab in ABLATIONS
+               if ab in rows and "pada" in rows}
+    return {"ablation_effects": effects, "date": date.today().isoformat(), "machine": _machine(), "command": "python benchmarks/compare.py "
             + " ".join(sys.argv[1:]), "protocol": "v2: new people per seed, capture-disjoint holdout 0.5",
             "seeds": seeds, "targets": targets, "overrides": overrides, "selection": "last",
             "interval": "95% paired t over (seed, person) pairs", "seconds": round(seconds), "rows": rows,
@@ -255,6 +262,12 @@ def render(rep: dict[str, Any]) -> str:
         out += ["Per yaw (degrees): accuracy % (mean over seeds and people)", "",
                 "| method | " + " | ".join(yaws) + " |", "|---|" + "---|" * len(yaws)]
         out += [f"| {r['label']} | " + " | ".join(pct(r["per_yaw"].get(y)) for y in yaws) + " |" for r in rows.values()]
+        out.append("")
+    effects = rep.get("ablation_effects") or {}
+    if effects:
+        out += ["Each strategy's effect: the full method minus the row without it, points [95% CI] "
+                "(pairs where the full method was better / pairs)", ""]
+        out += [f"- {LABELS[ab].strip()}: {paired_cell(p)}" for ab, p in effects.items()]
         out.append("")
     g = rep.get("goal") or {}
     if g:
