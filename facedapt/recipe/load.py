@@ -73,7 +73,11 @@ _SafeLoader.add_implicit_resolver(
 
 def safe_load(text: str) -> Any:
     """``yaml.safe_load`` (no object construction) with YAML 1.2 exponent floats."""
-    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+    loader = _SafeLoader(text)  # a SafeLoader: plain data only, never Python objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
