@@ -38,40 +38,36 @@ def aggregate(per_subject: dict[str, dict], r: Recipe, precision: str, num_class
     if gains:
         results["subjects_improved"] = sum(g > 0 for g in gains)
         results["worst_gain"] = min(gains)
-    yaws: dict[str, list[float]] = {}
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for v in per_subject.values():
-        for y, acc in v["per_yaw"].items():
-            yaws.setdefault(y, []).append(acc)
         conf += torch.tensor(v["confusion"], dtype=torch.long)
-    results["per_yaw"] = {y: statistics.fmean(a) for y, a in sorted(yaws.items(), key=lambda kv: int(kv[0]))}
-    source_yaws: dict[str, list[float]] = {}
-    for v in per_subject.values():
-        for y, acc in v.get("source_per_yaw", {}).items():
-            source_yaws.setdefault(y, []).append(acc)
-    if source_yaws:
-        results["source_per_yaw"] = {y: statistics.fmean(a)
-                                     for y, a in sorted(source_yaws.items(), key=lambda kv: int(kv[0]))}
+    by_yaw = lambda kv: int(kv[0])  # noqa: E731 - degrees as strings, in numeric order
+    results["per_yaw"] = _mean_per_key(per_subject, "per_yaw", by_yaw)
+    source_per_yaw = _mean_per_key(per_subject, "source_per_yaw", by_yaw)
+    if source_per_yaw:
+        results["source_per_yaw"] = source_per_yaw
     sv = [v["source_val_accuracy"] for v in per_subject.values() if "source_val_accuracy" in v]
     results["source_val_accuracy"] = statistics.fmean(sv) if sv else None
-    leak: dict[str, list[float]] = {}
-    for v in per_subject.values():
-        for k, x in v.get("leakage", {}).items():
-            leak.setdefault(k, []).append(x)
-    results["leakage"] = {k: statistics.fmean(x) for k, x in leak.items()}
+    results["leakage"] = _mean_per_key(per_subject, "leakage")
     # The method's own cross classifiers on the same held-out images (cross-entropy, mean over
     # targets), and the fresh probes logged during training (source phase, then each target's).
-    cross: dict[str, list[float]] = {}
-    for v in per_subject.values():
-        for k, x in v.get("cross_classifier_ce", {}).items():
-            cross.setdefault(k, []).append(x)
-    results["cross_classifier_ce"] = {k: statistics.fmean(x) for k, x in cross.items()}
+    results["cross_classifier_ce"] = _mean_per_key(per_subject, "cross_classifier_ce")
     results["training_probe"] = [{**rec, "target": sid if rec["phase"] == "adapt" else None}
                                  for sid, v in per_subject.items() for rec in v.get("training_probe", [])]
     results["confusion"] = conf.tolist()
     results["classes"] = list(EXPRESSIONS[:num_classes])
     results["timing"] = {"per_subject_adapt": {sid: v["seconds"] for sid, v in per_subject.items() if "seconds" in v}}
     return results
+
+
+def _mean_per_key(per_subject: dict[str, dict], field: str, order: Any = None) -> dict[str, float]:
+    """The mean over targets of each key of the targets' ``field`` dicts (a target may lack some)."""
+    values: dict[str, list[float]] = {}
+    for v in per_subject.values():
+        for k, x in v.get(field, {}).items():
+            values.setdefault(k, []).append(x)
+    items = sorted(values.items(), key=order) if order else values.items()
+    return {k: statistics.fmean(x) for k, x in items}
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
