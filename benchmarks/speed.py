@@ -211,7 +211,7 @@ def first_step() -> dict[str, Any]:
         env = {"FACEDAPT_CACHE": cache}
         cold = spawn("first_step", spec, env)
         warm = spawn("first_step", spec, env)
-    return {"recipe": "pada (as bundled: 36 subjects, 64x64, batch 64)", "cold": cold, "warm": warm}
+    return {"recipe": "pada (as bundled: 36 subjects, 48x48, batch 64)", "cold": cold, "warm": warm}
 
 
 # ----------------------------------------------------------------------------- 4. memory

@@ -94,6 +94,12 @@ class Method:
         """Named feature vectors ("expression", and "pose" where the method has one)."""
         raise NotImplementedError
 
+    def predict_with_features(self, images: torch.Tensor,
+                              domain: str = "target") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``predict`` and ``features`` together; a method that computes both from one forward
+        pass overrides this so that evaluation encodes each image once."""
+        return self.predict(images, domain), self.features(images, domain)
+
     def predict_pose(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor | None:
         """Pose-bin logits (facedapt.data.samples.YAW_BINS) for normalized images, or None for
         a method without a pose branch."""

@@ -237,3 +237,21 @@ def test_old_model_file_without_build_is_refused(trained: Path, tmp_path: Path) 
     torch.save(state, run / "source" / "model.pt")
     with pytest.raises(CheckpointError, match="no build metadata"):
         load_model(run)
+
+
+def test_evaluation_with_features_encodes_each_image_once(trained: Path, toy: Samples, toy_plugins: Plugins) -> None:
+    """Predictions with features come from one forward pass per batch and equal the plain ones."""
+    model = load_model(trained)
+    method = build_method(toy_plugins, model.recipe, 6, (1, 16, 16), 3)
+    load_state(method, model_state(trained / "source" / "model.pt"))
+    domain = Domain(toy, torch.arange(len(toy)))
+    calls = []
+    encode = method.encode
+    method.encode = lambda images, name: calls.append(len(images)) or encode(images, name)  # type: ignore[method-assign]
+    plain = predict_domain(method, domain, torch.device("cpu"), 64, model.amp, domain_name="source")
+    assert sum(calls) == len(toy)
+    calls.clear()
+    both = predict_domain(method, domain, torch.device("cpu"), 64, model.amp, domain_name="source", features=True)
+    assert sum(calls) == len(toy)
+    assert torch.equal(both["pred"], plain["pred"])
+    assert both["feat_expression"].shape[0] == len(toy) and "feat_pose" in both

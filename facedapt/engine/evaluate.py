@@ -23,10 +23,12 @@ def predict_domain(method: Method, domain: Domain, device: torch.device, batch_s
     preds, feats = [], {}
     for images in image_batches(domain.samples, domain.indices, device, batch_size):
         with autocast():
-            logits = method.predict(images, domain=domain_name)
             if features:
-                for k, v in method.features(images, domain=domain_name).items():
+                logits, named = method.predict_with_features(images, domain=domain_name)
+                for k, v in named.items():
                     feats.setdefault(k, []).append(v.float().cpu())
+            else:
+                logits = method.predict(images, domain=domain_name)
         preds.append(logits.float().argmax(1).cpu())
     out = {"pred": torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)}
     out.update({f"feat_{k}": torch.cat(v) for k, v in feats.items()})
@@ -83,10 +85,20 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int,
         return float((probe(x[te]).argmax(1) == y[te]).float().mean())
 
 
-def leakage(method: Method, domain: Domain, device: torch.device, batch_size: int, autocast: Any, steps: int,
-            seed: int) -> dict[str, float]:
-    """Linear-probe leakage on labelled source images: pose from f_e, expression from f_p."""
-    out = predict_domain(method, domain, device, batch_size, autocast, domain_name="source", features=True)
+def predictions_with_features(method: Method, domain: Domain, device: torch.device, batch_size: int,
+                              autocast: Any, domain_name: str = "target") -> dict[str, torch.Tensor]:
+    """``predict_domain`` with features where the method exposes them (a plugin method need not
+    implement ``features``). On labelled source images one such pass serves their accuracy,
+    ``leakage`` and ``cross_classifier_ce``."""
+    try:
+        return predict_domain(method, domain, device, batch_size, autocast, domain_name=domain_name, features=True)
+    except NotImplementedError:
+        return predict_domain(method, domain, device, batch_size, autocast, domain_name=domain_name)
+
+
+def leakage(out: dict[str, torch.Tensor], domain: Domain, steps: int, seed: int) -> dict[str, float]:
+    """Linear-probe leakage on labelled source images (``out`` from ``predictions_with_features``): pose
+    from f_e, expression from f_p."""
     s = domain.samples
     result = {}
     if "feat_expression" in out and s.has_pose:
@@ -96,12 +108,17 @@ def leakage(method: Method, domain: Domain, device: torch.device, batch_size: in
     return {k: v for k, v in result.items() if not math.isnan(v)}
 
 
-def cross_classifier_ce(method: Method, domain: Domain, device: torch.device, batch_size: int,
-                        autocast: Any) -> dict[str, float]:
+def fresh_probes(method: Method, domain: Domain, device: torch.device, batch_size: int, autocast: Any, steps: int,
+                 seed: int) -> dict[str, float]:
+    """``leakage`` of the method as it is now (the probe a method may call during training)."""
+    return leakage(predictions_with_features(method, domain, device, batch_size, autocast, "source"), domain, steps, seed)
+
+
+def cross_classifier_ce(method: Method, out: dict[str, torch.Tensor], domain: Domain,
+                        device: torch.device) -> dict[str, float]:
     """Cross-entropy of the method's own cross classifiers (``Method.cross_logits``) on labelled
-    source images, keyed like ``leakage``: near chance (log 13 for pose, log 7 for expression)
-    when they read nothing, or when they never learnt."""
-    out = predict_domain(method, domain, device, batch_size, autocast, domain_name="source", features=True)
+    source images (``out`` from ``predictions_with_features``), keyed like ``leakage``: near chance (log 13
+    for pose, log 7 for expression) when they read nothing, or when they never learnt."""
     feats = {k.removeprefix("feat_"): v for k, v in out.items() if k.startswith("feat_")}
     if not feats:
         return {}

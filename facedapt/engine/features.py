@@ -4,27 +4,14 @@ so that the report can plot them without the data or the model."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from loguru import logger
 
 from facedapt.data.splits import Domain
-from facedapt.engine.evaluate import predict_domain
-from facedapt.method import Method
 
 #: Points per target in features.pt (the report's 2-D projection): enough to see clusters.
 FEATURE_POINTS = 2000
-
-
-def predict_with_features(method: Method, domain: Domain, device: torch.device, batch_size: int,
-                          amp: Any) -> dict[str, torch.Tensor]:
-    """Evaluation predictions plus features where the method exposes them (a plugin method
-    need not implement ``features``)."""
-    try:
-        return predict_domain(method, domain, device, batch_size, amp, features=True)
-    except NotImplementedError:
-        return predict_domain(method, domain, device, batch_size, amp)
 
 
 def save_features(path: Path, out: dict[str, torch.Tensor], domain: Domain, seed: int) -> None:

@@ -28,8 +28,15 @@ from facedapt.data.splits import Domain, Target
 from facedapt.engine import checkpoint, distributed, rundir
 from facedapt.engine.build import (build_augmentations, build_info, build_method, load_matching, load_state,
                                    load_targets, model_state, to_device)
-from facedapt.engine.evaluate import cross_classifier_ce, leakage, predict_domain, score
-from facedapt.engine.features import predict_with_features, save_features
+from facedapt.engine.evaluate import (
+    cross_classifier_ce,
+    fresh_probes,
+    leakage,
+    predict_domain,
+    predictions_with_features,
+    score,
+)
+from facedapt.engine.features import save_features
 from facedapt.engine.precision import autocast, pick_device, resolve_precision
 from facedapt.engine.results import aggregate, summary_lines
 from facedapt.engine.trainer import PhaseRunner, PhaseSpec, seed_of
@@ -150,7 +157,7 @@ class Runner:
             sdir = self.run_dir / "source" if shared_source else tdir / "source"
             key = target.source.digest()
             # Fresh probes during training, on the held-out source people of this target's source set.
-            method.probe = (partial(leakage, method, target.source_val, self.device, r.eval.batch_size, self.amp,
+            method.probe = (partial(fresh_probes, method, target.source_val, self.device, r.eval.batch_size, self.amp,
                                     r.eval.probe_steps, seed_of(r.seed, "probe"))
                             if r.eval.leakage_probe and target.source_val is not None else None)
             if key not in source_states:
@@ -231,7 +238,7 @@ class Runner:
             info = runner.run_phase(spec)
             selected = info["selected_step"]
         seconds_adapt = time.perf_counter() - t0
-        out = predict_with_features(method, target.evaluate, self.device, r.eval.batch_size, self.amp)
+        out = predictions_with_features(method, target.evaluate, self.device, r.eval.batch_size, self.amp)
         res = score(target.evaluate, out["pred"], self.plugins, r.eval.metrics, num_classes)
         main = distributed.is_main()
         if main:
@@ -240,15 +247,16 @@ class Runner:
         res["gain"] = res["accuracy"] - before["accuracy"]
         res["selected_step"] = selected
         res["seconds"] = round(seconds_adapt, 3)
-        if target.source_val is not None:
-            sv = predict_domain(method, target.source_val, self.device, r.eval.batch_size, self.amp, domain_name="source")
-            true = target.source_val.samples.expression[target.source_val.indices]
-            res["source_val_accuracy"] = float((sv["pred"] == true).float().mean())
-        if r.eval.leakage_probe:
-            probe_dom = target.source_val if target.source_val is not None else _subset(target.source, 2000, r.seed)
-            res["leakage"] = leakage(method, probe_dom, self.device, r.eval.batch_size, self.amp, r.eval.probe_steps,
-                                     seed_of(r.seed, "probe"))
-            res["cross_classifier_ce"] = cross_classifier_ce(method, probe_dom, self.device, r.eval.batch_size, self.amp)
+        # One pass over the labelled source images serves their accuracy and both probes.
+        probe_dom = target.source_val if target.source_val is not None else _subset(target.source, 2000, r.seed)
+        if target.source_val is not None or r.eval.leakage_probe:
+            sv = predictions_with_features(method, probe_dom, self.device, r.eval.batch_size, self.amp, "source")
+            if target.source_val is not None:
+                true = probe_dom.samples.expression[probe_dom.indices]
+                res["source_val_accuracy"] = float((sv["pred"] == true).float().mean())
+            if r.eval.leakage_probe:
+                res["leakage"] = leakage(sv, probe_dom, r.eval.probe_steps, seed_of(r.seed, "probe"))
+                res["cross_classifier_ce"] = cross_classifier_ce(method, sv, probe_dom, self.device)
         res["training_probe"] = method.take_probe_log()
         if main:
             checkpoint.save({"models": model_state(method), "kind": "adapted", "target": target.id, "method": r.method.name,

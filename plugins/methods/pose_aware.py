@@ -231,6 +231,11 @@ class PoseAwareADA(Method):
     def features(self, images: torch.Tensor, domain: str = "target") -> dict[str, torch.Tensor]:
         return self.encode(images, domain)
 
+    def predict_with_features(self, images: torch.Tensor,
+                              domain: str = "target") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feats = self.encode(images, domain)
+        return self.models["expression_classifier"](feats["expression"]), feats
+
     def predict_pose(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor | None:
         if not self.pose_branch:
             return None
