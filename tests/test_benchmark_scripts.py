@@ -47,3 +47,16 @@ def test_docs_paste_replaces_only_the_marked_sections(tmp_path: Path) -> None:
     assert "<!-- speed:start -->\n| new table |\n<!-- speed:end -->" in text
     assert "No warm-start results yet" in text and "old" not in text  # absent file: says how to make it
     assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n")
+
+
+def test_main_job_timing_runs_the_job_as_the_cpu_kind_asks(tmp_path: Path) -> None:
+    """The avx2 kind runs fp32 under oneDNN's AVX2 limit, and records time and the before/after."""
+    job = benchmark_module("main_job")
+    tiny = ["data.dataset={name: synthetic, preset: tiny}", "data.target_subjects={first: 1}",
+            "train.source_steps=2", "train.steps=2", "train.batch_size=8", "eval.leakage_probe=false"]
+    row = job.run_kind("avx2", str(Path(job.ROOT) / "recipes" / "pada.yaml"), tmp_path, tiny)
+    assert row["precision"] == "fp32" and row["env"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert row["wall_s"] > 0 and row["cpu_s"] > 0 and {"data", "source", "adapt", "total"} <= set(row["timing"])
+    assert row["gain"] == pytest.approx(row["accuracy"] - row["source_accuracy"]) and row["targets"] == 1
+    assert (tmp_path / "avx2" / "results.json").is_file()
+    assert "| avx2 | fp32 |" in job.table([row])
