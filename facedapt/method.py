@@ -74,6 +74,12 @@ class Method:
         """Optimizer group -> names of the models it updates (one group by default)."""
         return {"main": list(self.models)}
 
+    def trainable_parameters(self, names: list[str], phase: str) -> list[nn.Parameter]:
+        """What the optimizer of a group (``optimizer_groups``: these module names) trains in
+        ``phase`` ("source" or "adapt"); asked once as each phase starts. By default every
+        parameter of the modules that requires a gradient."""
+        return [p for n in names for p in self.models[n].parameters() if p.requires_grad]
+
     def train_step(self, batch: StepBatch, ctx: Any) -> dict[str, torch.Tensor]:
         """One update; returns its losses as detached scalar tensors (the engine reads them
         only at log steps, so a GPU step needs no host sync).

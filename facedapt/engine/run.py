@@ -44,6 +44,7 @@ from facedapt.errors import DataError
 from facedapt.method import Method
 from facedapt.plugin_manager import Plugins, get_plugins
 from facedapt.recipe.load import LoadedRecipe, recipe_digest
+from facedapt.recipe.schema import BUILT
 from facedapt.recipe.validate import validate
 
 
@@ -186,7 +187,9 @@ class Runner:
         if final.is_file():
             state = checkpoint.load(final, map_location=self.device)
             return state["models"]
-        if r.train.init_from:
+        if r.train.init_from == BUILT:
+            logger.info("source model: the models as built (from their weights files)")
+        elif r.train.init_from:
             state = rundir.load_models_file(Path(r.train.init_from), self.device)
             trained_for = (state.get("build") or {}).get("num_classes")
             if r.train.source_steps == 0 and trained_for is not None and int(trained_for) != self.build["num_classes"]:

@@ -72,7 +72,7 @@ class PhaseRunner:
         base = t.adapt_optimizer if (phase == "adapt" and t.adapt_optimizer is not None) else t.optimizer
         optimizers, params, schedulers = {}, {}, []
         for group, names in self.method.optimizer_groups().items():
-            ps = [p for n in names for p in self.method.models[n].parameters() if p.requires_grad]
+            ps = self.method.trainable_parameters(names, phase)
             if not ps:
                 continue
             comp: Component = t.group_optimizers.get(group, base)

@@ -49,6 +49,11 @@ class DataConfig:
     on_bad_image: Literal["fail", "skip"] = _f("fail", "unreadable images: stop, or skip and count them")
 
 
+#: ``train.init_from`` value: no source training and no file to load, the models as built (for a
+#: model whose weights files make it complete, e.g. a pretrained real-photo classifier).
+BUILT = "built"
+
+
 @attrs.frozen
 class TrainConfig:
     steps: int = _f(help="adaptation steps per target (for methods that adapt)")
@@ -64,7 +69,8 @@ class TrainConfig:
     scheduler: Component | None = _f(None, "a torch.optim.lr_scheduler class by dotted path, stepped every step")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f("auto", "autocast precision; auto: bf16 where supported")
     channels_last: bool = _f(True, "channels_last memory format for image tensors and models")
-    init_from: str | None = _f(None, "a run directory or source checkpoint to start from instead of source training")
+    init_from: str | None = _f(None, "a run directory or source checkpoint to start from instead of source training; "
+                                     "`built`: the models as built (pretrained from their weights files)")
     grad_clip: float | None = _f(None, "clip the gradient norm of each optimizer group")
     nan_policy: Literal["abort", "skip"] = _f("abort", "on a NaN/Inf loss: stop naming the term, or skip the step")
     keep_checkpoints: int = _f(2, "how many periodic checkpoints to keep")

@@ -75,7 +75,8 @@ def validate(loaded: LoadedRecipe, plugins: Plugins) -> None:
     if t.scheduler is not None:
         check_dotted(t.scheduler, "schedulers", "train.scheduler", file)
     if t.source_steps == 0 and t.init_from is None:
-        raise RecipeError("0 source steps needs train.init_from (a trained source run)", file=file, key="train.source_steps")
+        raise RecipeError("0 source steps needs train.init_from (a trained source run, or `built` for a model whose "
+                          "weights files make it complete)", file=file, key="train.source_steps")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise RecipeError(f"must be positive, got {t.grad_clip}", file=file, key="train.grad_clip")
     if t.target_batch_size is not None and t.target_batch_size <= 0:

@@ -10,6 +10,7 @@ from facedapt_plugins.methods.baselines import (
     TargetSupervised,
 )
 from facedapt_plugins.methods.pose_aware import PoseAwareADA
+from facedapt_plugins.methods.source_free import Tent
 
 from facedapt import hookimpl
 
@@ -22,3 +23,4 @@ def facedapt_register_methods(registry) -> None:  # type: ignore[no-untyped-def]
     registry.register("dann", DANN)
     registry.register("cdan", CDAN)
     registry.register("target_supervised", TargetSupervised)
+    registry.register("tent", Tent)
