@@ -172,7 +172,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     recipe_file = args.run_from / "recipe.yaml"  # missing: adapt() says so in its own words
     overrides = _with_block(args, recipe_file, args.overrides) if recipe_file.is_file() else args.overrides
     done = adapt(args.run_from, args.images, out=args.out, subject=args.subject, overrides=overrides,
-                 report=args.report, progress=_progress(args))
+                 report=args.report, progress=_progress(args), detect=not args.no_detect)
     print(f"personalized model for {done.subject} ({done.photos} photos): {done.model_file}")
     return 0
 
@@ -363,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of the person's photos (searched recursively)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default RUN_DIR/personalized/<subject>)")
     p.add_argument("--subject", default="person", help="the person's id (default: person)")
+    p.add_argument("--no-detect", action="store_true",
+                   help="no face detection: each photo (its center square) is one face, for photos already cropped")
     _report_option(p, None, "write report.md/html and plots at the end (default: the recipe's eval.report)")
     _overrides(p)
     p.set_defaults(func=cmd_adapt)

@@ -25,7 +25,7 @@ from facedapt.engine.adapt import adapt
 from facedapt.engine.evaluate import confusion_matrix, predict_domain
 from facedapt.engine.model_io import load_model
 from facedapt.engine.build import build_method, load_state
-from facedapt.errors import CheckpointError
+from facedapt.errors import CheckpointError, UsageError
 from facedapt.plugin_manager import Plugins
 
 FAST = ("data.target_subjects=[T00]", "eval.leakage_probe=false")
@@ -152,17 +152,48 @@ def test_photos_reader(toy: Samples, tmp_path: Path, toy_plugins: Plugins) -> No
     write_pngs(images[5:8], tmp_path / "me" / "day2")
     (tmp_path / "me" / "notes.txt").write_text("not a photo")
     samples = toy_plugins.registry("datasets").get("photos")(tmp_path / "me", image_size=16, channels=1,
-                                                             subject="alice").load()
+                                                             subject="alice", detect=False).load()
     assert len(samples) == 8 and samples.subject_ids == ("alice",)
     assert (samples.expression == -1).all() and torch.isnan(samples.yaw).all()
     assert [p["problem"] for p in samples.problems] == ["not an image file; ignored"]
+
+
+def test_photos_reader_crops_the_face_of_each_photo(tmp_path: Path, toy_plugins: Plugins,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With detection (the default) each photo gives its largest face, cropped as predict crops
+    it; a photo without a face is left out and listed; without OpenCV, one line."""
+    pytest.importorskip("cv2", reason="OpenCV is not installed (pip install 'facedapt[detect]')")
+    from facedapt.engine.faces import find_faces
+
+    face = toy_plugins.registry("datasets").get("synthetic")(preset="tiny").render(torch.tensor([2])).images[0]
+    canvas = Image.new("RGB", (200, 150), (120, 120, 120))
+    canvas.paste(Image.fromarray(face.permute(1, 2, 0).numpy()).resize((120, 120), Image.BICUBIC), (40, 15))
+    (tmp_path / "me").mkdir()
+    canvas.save(tmp_path / "me" / "face.png")
+    Image.new("RGB", (160, 120), (200, 200, 200)).save(tmp_path / "me" / "wall.png")
+    crops = find_faces(tmp_path / "me" / "face.png")
+    if not crops:
+        pytest.skip("this OpenCV's cascade finds no face in the test photo")
+    reader = toy_plugins.registry("datasets").get("photos")
+    samples = reader(tmp_path / "me", image_size=32, channels=3).load()
+    assert len(samples) == 1 and samples.paths[0].endswith("face.png")
+    assert [p["problem"] for p in samples.problems] == ["no face found; left out"]
+    # The crop, not the whole photo: the same pixels as predict's face crop, resized.
+    expected = torch.from_numpy(np.array(Image.fromarray(crops[0].pixels.permute(1, 2, 0).numpy())
+                                           .resize((32, 32), Image.LANCZOS))).permute(2, 0, 1)
+    whole = torch.from_numpy(np.array(canvas.crop((25, 0, 175, 150)).resize((32, 32), Image.LANCZOS))).permute(2, 0, 1)
+    got = samples.images[0].int()
+    assert (got - expected.int()).abs().float().mean() < (got - whole.int()).abs().float().mean()
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(UsageError, match="OpenCV.*detect: false"):
+        reader(tmp_path / "me", image_size=32, channels=3, detect=True).load()
 
 
 def test_adapt_writes_a_personalized_model(trained: Path, toy: Samples, tmp_path: Path,
                                            toy_plugins: Plugins) -> None:
     images, _ = subject_images(toy, "T01")
     write_pngs(images, tmp_path / "photos")
-    done = adapt(trained, tmp_path / "photos", subject="alice", overrides=ADAPT, plugins=toy_plugins)
+    done = adapt(trained, tmp_path / "photos", subject="alice", overrides=ADAPT, plugins=toy_plugins, detect=False)
     assert done.run_dir == trained / "personalized" / "alice" and done.photos == len(images)
     assert done.model_file == done.run_dir / "model.pt"
     assert done.results["per_subject"]["alice"]["n"] == 0  # unlabelled: nothing to score
@@ -181,7 +212,7 @@ def test_adapt_cli(trained: Path, toy: Samples, tmp_path: Path, toy_cli: Path, c
     write_pngs(images, tmp_path / "photos")
     out = tmp_path / "bob"
     assert main(["adapt", "--from", str(trained), "--images", str(tmp_path / "photos"), "--out", str(out),
-                 "--subject", "bob", *ADAPT]) == 0
+                 "--subject", "bob", "--no-detect", *ADAPT]) == 0
     assert str(out / "model.pt") in capsys.readouterr().out
     assert load_model(out).info["target"] == "bob"
 
@@ -190,8 +221,8 @@ def test_adapt_bad_inputs(trained: Path, tmp_path: Path, toy_cli: Path, capsys: 
     empty = tmp_path / "empty"
     empty.mkdir()
     one_line_error(capsys, ["adapt", "--from", str(trained), "--images", str(tmp_path / "nope")], str(tmp_path / "nope"))
-    one_line_error(capsys, ["adapt", "--from", str(trained), "--images", str(empty), "--out", str(tmp_path / "o")],
-                   str(empty), "no photos images")
+    one_line_error(capsys, ["adapt", "--from", str(trained), "--images", str(empty), "--out", str(tmp_path / "o"),
+                            "--no-detect"], str(empty), "no photos images")
     assert not (tmp_path / "o").exists()  # nothing half-made
     one_line_error(capsys, ["adapt", "--from", str(tmp_path), "--images", str(empty)], "not a run directory")
 

@@ -37,9 +37,11 @@ class Adapted:
 
 def adapt(run_dir: str | os.PathLike, images: str | os.PathLike, *, out: str | os.PathLike | None = None,
           subject: str = "person", overrides: list[str] | tuple[str, ...] = (),
-          plugins: Plugins | None = None, report: bool | None = None, progress: bool | None = None) -> Adapted:
+          plugins: Plugins | None = None, report: bool | None = None, progress: bool | None = None,
+          detect: bool = True) -> Adapted:
     """Adapt ``run_dir``'s source model to the photos under ``images``; ``overrides`` change the
     run's recipe (e.g. ``train.steps=300``) before the adaptation settings are applied.
+    ``detect``: crop each photo's largest face (OpenCV), else take its center square.
     ``report`` and ``progress`` as for :func:`facedapt.engine.run.run`."""
     run_dir, images = Path(run_dir).expanduser(), Path(images).expanduser()
     recipe_file = run_dir / "recipe.yaml"
@@ -59,7 +61,7 @@ def adapt(run_dir: str | os.PathLike, images: str | os.PathLike, *, out: str | o
     if method.uses_target_labels:
         raise UsageError(f"method {base.recipe.method.name!r} trains on target labels; photos have none")
     photos = {"name": "photos", "root": str(images.resolve()), "subject": subject, "image_size": h, "channels": c,
-              "on_bad_image": base.recipe.data.on_bad_image}
+              "on_bad_image": base.recipe.data.on_bad_image, "detect": detect}
     forced = [
         f"data.target_dataset={json.dumps(photos)}",
         'data.protocol={"name": "cross_dataset", "per_subject": true}',  # one target, named by the subject id
