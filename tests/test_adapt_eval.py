@@ -24,6 +24,7 @@ from facedapt.data.splits import Domain
 from facedapt.engine.adapt import adapt
 from facedapt.engine.evaluate import confusion_matrix, predict_domain
 from facedapt.engine.model_io import load_model
+from facedapt.engine.results import summary_lines
 from facedapt.engine.build import build_method, load_state
 from facedapt.errors import CheckpointError, UsageError
 from facedapt.plugin_manager import Plugins
@@ -197,6 +198,7 @@ def test_adapt_writes_a_personalized_model(trained: Path, toy: Samples, tmp_path
     assert done.run_dir == trained / "personalized" / "alice" and done.photos == len(images)
     assert done.model_file == done.run_dir / "model.pt"
     assert done.results["per_subject"]["alice"]["n"] == 0  # unlabelled: nothing to score
+    assert summary_lines(done.results) == ["adapted to 1 target(s) without labels (alice): no accuracy to report"]
     personal = load_model(done.run_dir)
     assert personal.info["kind"] == "adapted" and personal.info["target"] == "alice"
     assert personal.domain == "target"

@@ -74,6 +74,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     """What a finished run says: accuracy after adaptation, before it (the source model on the
     same images), and the change, overall and per target."""
     per = results["per_subject"]
+    if per and all(v.get("n") == 0 for v in per.values()):  # unlabelled photos: adapted, nothing to score
+        return [f"adapted to {len(per)} target(s) without labels ({', '.join(per)}): no accuracy to report"]
     head = (f"target accuracy {results['target_accuracy']:.4f} (selection: {results['selection']}) over "
             f"{len(per)} target(s)")
     if "source_accuracy" in results:

@@ -268,8 +268,11 @@ class Runner:
             for old in checkpoint.periodic(tdir):
                 old.unlink(missing_ok=True)
             self.plugins.hook.facedapt_on_eval_end(run=run, results=res)
-        logger.info("target {}: accuracy {:.4f} (n={}), before adaptation {:.4f}, gain {:+.1f} points", target.id,
-                    res["accuracy"], res["n"], before["accuracy"], 100 * res["gain"])
+        if res["n"] == 0:
+            logger.info("target {}: adapted on {} unlabelled images (no labels to score)", target.id, len(adapt))
+        else:
+            logger.info("target {}: accuracy {:.4f} (n={}), before adaptation {:.4f}, gain {:+.1f} points", target.id,
+                        res["accuracy"], res["n"], before["accuracy"], 100 * res["gain"])
         return res
 
 
