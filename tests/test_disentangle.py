@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import toy_plugin
-from torch.nn import functional as F
 from conftest import run_toy, toy_recipe
+from facedapt_plugins.methods.terms import CrossTerm, between_class_share
+from torch.nn import functional as F
 
 from facedapt.data.batches import gather
 from facedapt.data.samples import Samples
@@ -54,6 +55,12 @@ def _chance(method: Method) -> float:
     return sum(math.log(k) for k in _classes(method))
 
 
+def _cross(method: Method) -> CrossTerm:
+    term = method.term(CrossTerm)
+    assert isinstance(term, CrossTerm)
+    return term
+
+
 def _learn(method: Method, ctx: StepContext, steps: int, n: int = 64) -> list[float]:
     """Features that carry the other label plainly (f_e holds the pose bin, f_p the
     expression); the cross-entropy of each round of cross-classifier steps."""
@@ -63,7 +70,7 @@ def _learn(method: Method, ctx: StepContext, steps: int, n: int = 64) -> list[fl
     fe = F.one_hot(pose, method.feature_dim).float() + 0.1 * torch.randn(n, method.feature_dim, generator=g)
     fp = F.one_hot(expression, method.pose_feature_dim).float() + 0.1 * torch.randn(n, method.pose_feature_dim, generator=g)
     src = Batch(images=torch.zeros(n, 1, 8, 8), expression=expression, pose_bin=pose)
-    return [float(method._train_cross_classifiers({"expression": fe, "pose": fp}, src, ctx)) for _ in range(steps)]
+    return [float(_cross(method).train_classifiers(method, {"expression": fe, "pose": fp}, src, ctx)) for _ in range(steps)]
 
 
 def test_cross_classifiers_learn_a_separable_problem(plugins: Plugins, samples: Samples) -> None:
@@ -97,7 +104,7 @@ def test_inner_steps_update_exactly_the_cross_classifiers(hidden: int, plugins: 
     idx = torch.nonzero(samples.subject != 0).squeeze(1)[torch.randperm(int((samples.subject != 0).sum()), generator=g)[:8]]
     src = gather(samples, idx, torch.device("cpu"))
     method.train(True)
-    method._train_cross_classifiers(method.encode(src.images, "source"), src, ctx)
+    _cross(method).train_classifiers(method, method.encode(src.images, "source"), src, ctx)
     assert calls == ["cross"] * 3
     for n, m in method.models.items():
         changed = any(not torch.equal(a, b) for a, b in zip(before[n], m.parameters()))
@@ -120,22 +127,21 @@ def test_results_record_the_training_probe_and_the_cross_classifiers(plugins: Pl
 
 
 def test_between_class_share_is_zero_for_equal_class_means_and_near_one_for_the_label_itself() -> None:
-    from facedapt_plugins.methods.pose_aware import _between_class_share
 
     y = torch.arange(4).repeat(8)
     same = torch.randn(8, 6).repeat_interleave(4, 0)  # every class sees the same 8 rows
-    assert float(_between_class_share(same, y, 4)) < 1e-5
+    assert float(between_class_share(same, y, 4)) < 1e-5
     plain = F.one_hot(y, 4).float() + 0.01 * torch.randn(32, 4)
-    assert float(_between_class_share(plain, y, 4)) > 0.95
+    assert float(between_class_share(plain, y, 4)) > 0.95
     # rescaling a feature changes nothing: the share is read on standardized features
-    torch.testing.assert_close(_between_class_share(plain * torch.tensor([1.0, 10, 0.5, 3]), y, 4),
-                               _between_class_share(plain, y, 4), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(between_class_share(plain * torch.tensor([1.0, 10, 0.5, 3]), y, 4),
+                               between_class_share(plain, y, 4), rtol=1e-2, atol=1e-2)
     # the correlation ratio, written out on standardized features; unlabelled rows (-1) ignored
     f, labels = torch.randn(32, 6), torch.randint(0, 4, (32,))
     z = F.batch_norm(f, None, None, training=True, eps=1e-3)
     want = sum((labels == k).float().mean() * z[labels == k].mean(0).pow(2).sum() for k in range(4)) / 6
-    torch.testing.assert_close(_between_class_share(f, labels, 4), want)
-    torch.testing.assert_close(_between_class_share(torch.cat([f, 100 * torch.randn(3, 6)]),
+    torch.testing.assert_close(between_class_share(f, labels, 4), want)
+    torch.testing.assert_close(between_class_share(torch.cat([f, 100 * torch.randn(3, 6)]),
                                                     torch.cat([labels, torch.full((3,), -1)]), 4), want)
 
 
@@ -145,7 +151,7 @@ def test_means_mode_reaches_the_encoders_but_not_the_cross_classifiers(plugins: 
     src = gather(samples, idx, torch.device("cpu"))
     method.train(True)
     f = method.encode(src.images, "source")
-    term = method._cross_encoder_term(f, src)
+    term = _cross(method).encoder_loss(method, f, src)
     params = {n: list(method.models[n].parameters()) for n in ("backbone", "expression_encoder", "pose_encoder", *CROSS)}
     grads = torch.autograd.grad(term, [p for ps in params.values() for p in ps], allow_unused=True)
     reached, i = {}, 0
@@ -159,5 +165,5 @@ def test_means_mode_reaches_the_encoders_but_not_the_cross_classifiers(plugins: 
 @pytest.mark.parametrize(("mode", "weight"), [("means", 1.0), ("confusion", 0.1), ("grl", 0.1)])
 def test_each_cross_mode_has_its_measured_weight_unless_the_recipe_sets_one(mode: str, weight: float,
                                                                             plugins: Plugins, samples: Samples) -> None:
-    assert _method(plugins, samples, f"method.cross_mode={mode}")[0].cross_weight == weight
-    assert _method(plugins, samples, f"method.cross_mode={mode}", "method.cross_weight=0.3")[0].cross_weight == 0.3
+    assert _cross(_method(plugins, samples, f"method.cross_mode={mode}")[0]).weight == weight
+    assert _cross(_method(plugins, samples, f"method.cross_mode={mode}", "method.cross_weight=0.3")[0]).weight == 0.3

@@ -18,6 +18,7 @@ from conftest import assert_same_models, model_state, run_toy, toy_recipe
 from facedapt_plugins.landmarks import TEMPLATE_5
 from facedapt_plugins.layers import DomainBatchNorm, warmup_lambda
 from facedapt_plugins.methods.pose_aware import PoseAwareADA
+from facedapt_plugins.methods.terms import CrossTerm, DomainAdversarialTerm
 from torch import nn
 from torch.nn import functional as F
 
@@ -125,18 +126,26 @@ def plugins() -> Plugins:
 # ----------------------------------------------------------------------------- adversarial term
 
 
+def _cross(method: Any) -> CrossTerm:
+    term = method.term(CrossTerm)
+    assert isinstance(term, CrossTerm)
+    return term
+
+
 def _domain_loss(method: Method, batch: StepBatch) -> torch.Tensor:
     """The discriminators' ordinary loss, written out: BCE of source (1) versus target (0) on
     f_e and f_p of the same forward pass the step makes (no gradient reversal)."""
     m = method.models
-    fs = method._encode_all(batch.source, batch.target)
+    fs = method.encode_all(batch.source, batch.target)
     total = torch.zeros(())
     for disc, key in (("expression_discriminator", "expression"), ("pose_discriminator", "pose")):
         n = len(fs["source"][key])
         out = m[disc](torch.cat([fs["source"][key], fs["target"][key]])).float()
         total = total + 0.5 * (F.binary_cross_entropy_with_logits(out[:n], torch.ones(n))
                                + F.binary_cross_entropy_with_logits(out[n:], torch.zeros(len(out) - n)))
-    return method.adv_weight * total
+    term = method.term(DomainAdversarialTerm)
+    assert term is not None
+    return term.weight * total
 
 
 def test_grl_discriminators_learn_and_encoders_get_the_reversed_scaled_gradient(plugins: Plugins,
@@ -203,8 +212,8 @@ def test_cross_grl_classifiers_learn_and_encoders_get_the_reversed_gradient(plug
     batch = _batch(samples, method)
     ctx, _ = _step(method, batch)
     m, src = method.models, batch.source
-    fs = method._encode_all(batch.source, batch.target)["source"]
-    reference = method.cross_weight * (F.cross_entropy(m["cross_pose_classifier"](fs["expression"]), src.pose_bin)
+    fs = method.encode_all(batch.source, batch.target)["source"]
+    reference = _cross(method).weight * (F.cross_entropy(m["cross_pose_classifier"](fs["expression"]), src.pose_bin)
                                        + F.cross_entropy(m["cross_expression_classifier"](fs["pose"]), src.expression))
     names = (*CROSS, *ENCODERS)
     got = _grads(ctx.updates["main"]["cross"], method, names)
@@ -217,7 +226,7 @@ def test_cross_grl_classifiers_learn_and_encoders_get_the_reversed_gradient(plug
         _assert_scaled(got[e], want[e], -1.0)
     learn = _grads(ctx.updates["cross"]["cross_classifiers"], method, names)
     for x in CROSS:
-        _assert_scaled(learn[x], want[x], 1 / method.cross_weight)
+        _assert_scaled(learn[x], want[x], 1 / _cross(method).weight)
     for e in ENCODERS:
         assert not _reaches(learn[e])
 
@@ -233,7 +242,7 @@ def test_normalized_cross_input_carries_the_encoders_gradient_through_its_statis
     got = _grads(ctx.updates["main"]["cross"], method, (*CROSS, *ENCODERS))
     assert all(_reaches(got[e]) for e in ENCODERS) and not any(_reaches(got[x]) for x in CROSS)
     f = torch.randn(16, 5) * 3 + 1
-    torch.testing.assert_close(method._cross_input(10 * f), method._cross_input(f), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_cross(method).cross_input(10 * f), _cross(method).cross_input(f), rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- reconstruction

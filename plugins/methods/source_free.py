@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from facedapt_plugins.layers import DomainBatchNorm
 from facedapt_plugins.losses import entropy
-from facedapt_plugins.methods.pose_aware import TRUNK, PoseAwareADA
+from facedapt_plugins.methods.networks import TRUNK, Networks
 from torch import nn
 
 from facedapt.method import StepBatch
@@ -38,12 +38,11 @@ def affine_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
-class Tent(PoseAwareADA):
+class Tent(Networks):
     """Entropy minimization on the normalization layers' affine parameters (source-free)."""
 
     def __init__(self, feature_dim: int = 128, adabn: bool = True, label_smoothing: float = 0.0) -> None:
-        super().__init__(feature_dim=feature_dim, norm="per_domain", pose_branch=False, adaptation=False,
-                         cross_adversarial=False, reconstruction=False, adabn=adabn, adapts=True,
+        super().__init__([], feature_dim=feature_dim, norm="per_domain", pose_branch=False, adabn=adabn, adapts=True,
                          label_smoothing=label_smoothing)
 
     def trainable_parameters(self, names: list[str], phase: str) -> list[nn.Parameter]:
