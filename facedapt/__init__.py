@@ -7,6 +7,8 @@ Library use::
     results = facedapt.run(loaded)
     model = facedapt.load_model("runs/pada/<timestamp>/subjects/S005")
     model.predict(["photo.jpg"])
+    personal = facedapt.adapt("runs/pada/<timestamp>", "photos/", subject="me")
+    facedapt.load_model(personal.model_file).predict(["photo.jpg"])
 """
 
 from __future__ import annotations
@@ -33,12 +35,27 @@ def load_recipe(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Loade
     return _load(path, overrides)
 
 
-def run(recipe: Any, *, run_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run a recipe (a LoadedRecipe, or a path/name) and return its results.json content."""
+def run(recipe: Any, *, run_dir: str | None = None, resume: bool = False, report: bool | None = None,
+        progress: bool | None = None) -> dict[str, Any]:
+    """Run a recipe (a LoadedRecipe, or a path/name) and return its results.json content.
+    ``report``: write report.md/html (default: the recipe's eval.report); ``progress``: the
+    progress line (default: on a terminal only)."""
     from facedapt.engine.run import run as _run
 
     loaded = recipe if hasattr(recipe, "resolved") else load_recipe(recipe)
-    return _run(loaded, run_dir=run_dir, resume=resume)
+    return _run(loaded, run_dir=run_dir, resume=resume, report=report, progress=progress)
+
+
+def adapt(run_dir: str, images: str, *, subject: str = "person", out: str | None = None,
+          overrides: list[str] | tuple[str, ...] = (), detect: bool = True, report: bool | None = None,
+          progress: bool | None = None) -> Any:
+    """Personalize a finished run's source model to a folder of one person's unlabelled photos
+    (faces found with OpenCV unless ``detect=False``); returns where the personalized model is
+    (``.model_file``, for ``load_model``) with the run's results."""
+    from facedapt.engine.adapt import adapt as _adapt
+
+    return _adapt(run_dir, images, out=out, subject=subject, overrides=overrides, detect=detect, report=report,
+                  progress=progress)
 
 
 def load_model(path: str, device: str = "cpu") -> Model:
@@ -49,4 +66,4 @@ def load_model(path: str, device: str = "cpu") -> Model:
     return _load_model(path, device)
 
 
-__all__ = ["__version__", "hookimpl", "hookspec", "load_model", "load_recipe", "run"]
+__all__ = ["__version__", "adapt", "hookimpl", "hookspec", "load_model", "load_recipe", "run"]

@@ -288,3 +288,13 @@ def test_evaluation_with_features_encodes_each_image_once(trained: Path, toy: Sa
     assert sum(calls) == len(toy)
     assert torch.equal(both["pred"], plain["pred"])
     assert both["feat_expression"].shape[0] == len(toy) and "feat_pose" in both
+
+
+def test_library_adapt_is_the_cli_adapt(trained: Path, toy: Samples, tmp_path: Path, toy_cli: Path) -> None:
+    images, _ = subject_images(toy, "T01")
+    write_pngs(images, tmp_path / "photos")
+    done = facedapt.adapt(str(trained), str(tmp_path / "photos"), subject="carol", out=str(tmp_path / "carol"),
+                          overrides=ADAPT, detect=False, report=False)
+    assert done.model_file == tmp_path / "carol" / "model.pt" and done.photos == len(images)
+    assert facedapt.load_model(str(done.model_file)).info["target"] == "carol"
+    assert not (tmp_path / "carol" / "report.md").exists()
