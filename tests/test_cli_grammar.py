@@ -39,6 +39,19 @@ def test_validate_override_with_bad_value_names_the_key(monkeypatch: pytest.Monk
     assert "no such recipe" not in line
 
 
+@pytest.mark.parametrize(("override", "key", "value"), [
+    ("data.protocol.source_yaw_max=abc", "data.protocol.source_yaw_max", "'abc'"),
+    ("method.cross_mode=sideways", "method.cross_mode", "'sideways'"),
+    ("method.partner_fraction=2", "method.partner_fraction", "2"),
+])
+def test_validate_checks_method_and_protocol_values(override: str, key: str, value: str,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Values the method's and protocol's constructors refuse fail at validate, not at run time."""
+    monkeypatch.chdir(PADA.parents[1])
+    _one_line_error(capsys, ["validate", "recipes/pada.yaml", override], "recipes/pada.yaml", key, value)
+
+
 @pytest.mark.parametrize("argv", [
     ["validate", "pada", "train.steps=3", "~train.eval_every"],
     ["validate", "pada", "--set", "train.steps=3", "~train.eval_every"],

@@ -35,6 +35,18 @@ def check_component(plugins: Plugins, family: str, comp: Component, key: str, fi
     return entry.factory
 
 
+def _construct(factory: Any, comp: Component, file: str | None) -> None:
+    """Make a method or protocol from the recipe's arguments, so that their values are checked
+    before a run (their constructors check values and touch no data and no networks)."""
+    try:
+        factory(**comp.kwargs)
+    except RecipeError as exc:
+        if exc.file is None:
+            raise RecipeError(str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc), file=file,
+                              key=exc.key) from None
+        raise
+
+
 def check_dotted(comp: Component, family: str, key: str, file: str | None) -> None:
     factory = import_dotted(comp.name, key=f"{key}.name", file=file)
     bind_kwargs(factory, comp.kwargs, key=key, file=file, provided=ENGINE_ARGS[family])
@@ -47,7 +59,7 @@ def validate(loaded: LoadedRecipe, plugins: Plugins) -> None:
     check_component(plugins, "datasets", data.dataset, "data.dataset", file)
     if data.target_dataset is not None:
         check_component(plugins, "datasets", data.target_dataset, "data.target_dataset", file)
-    check_component(plugins, "protocols", data.protocol, "data.protocol", file)
+    _construct(check_component(plugins, "protocols", data.protocol, "data.protocol", file), data.protocol, file)
     for i, aug in enumerate(data.augment):
         check_component(plugins, "augmentations", aug, f"data.augment[{i}]", file)
     _check_targets(data.target_subjects, file)
@@ -57,6 +69,7 @@ def validate(loaded: LoadedRecipe, plugins: Plugins) -> None:
         raise RecipeError(f"must be in [0, 1), got {data.source_val}", file=file, key="data.source_val")
 
     method = check_component(plugins, "methods", r.method, "method", file)
+    _construct(method, r.method, file)
     roles: dict[str, str] = getattr(method, "roles", {})
     for role, comp in r.model.items():
         if role not in roles:
