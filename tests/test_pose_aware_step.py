@@ -536,3 +536,30 @@ def test_target_pose_and_landmarks_reach_methods_only_when_asked(flags: tuple[st
     plugins = load_plugins(extra=[toy_plugin, PoisonPlugin()])
     run_toy(plugins, tmp_path / "run", "data.target_subjects=[T00]", "data.dataset={name: toy_marked}", *flags)
     assert seen == {(*visible, False, False)}
+
+
+@pytest.mark.parametrize(("method", "overrides", "terms"), [
+    ("source_only", (), []),
+    ("adabn", (), []),
+    ("tent", (), []),
+    ("target_supervised", (), []),
+    ("dann", (), ["DomainAdversarialTerm"]),
+    ("cdan", (), ["DomainAdversarialTerm"]),
+    ("pada", (), ["DomainAdversarialTerm", "CrossTerm", "ReconstructionTerm"]),
+    ("pada", ("method.cross_adversarial=false",), ["DomainAdversarialTerm", "ReconstructionTerm"]),
+    ("pada", ("method.reconstruction=false",), ["DomainAdversarialTerm", "CrossTerm"]),
+    ("pada", ("method.pose_branch=false",), ["DomainAdversarialTerm", "ReconstructionTerm"]),
+    ("pada", ("method.target_entropy_weight=0.1",),
+     ["DomainAdversarialTerm", "TargetEntropyTerm", "CrossTerm", "ReconstructionTerm"]),
+])
+def test_methods_are_compositions_of_terms(method: str, overrides: tuple[str, ...], terms: list[str],
+                                           plugins: Plugins, samples: Samples) -> None:
+    """Every built-in method is the shared networks plus the terms that make it; a baseline or
+    an ablation differs from the full method in its list of terms only."""
+    recipe = toy_recipe(*overrides, method=method).recipe  # the recipes' own discriminators
+    m = build_method(plugins, recipe, len(samples.subject_ids), samples.image_shape, 3)
+    assert [type(t).__name__ for t in m.terms] == terms
+    adversarial = m.term(DomainAdversarialTerm)
+    if method in ("dann", "cdan"):
+        assert adversarial is not None and adversarial.conditional == (method == "cdan")
+        assert set(m.models) >= {"expression_discriminator", "grl"} and "pose_discriminator" not in m.models
