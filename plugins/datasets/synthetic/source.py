@@ -27,7 +27,7 @@ from .presets import SyntheticPreset, resolve
 from .render import FRAME_UNITS, View, depth_scale, landmark_pixels, render_views, unrotate
 
 #: Bump whenever the same parameters would produce different images.
-GENERATOR_VERSION = "synthetic-faces-3"  # 3: light fixed in the world (shading per view)
+GENERATOR_VERSION = "synthetic-faces-4"  # 4: lifelike expressions (benchmarks/realism.py); 3: light fixed in the world
 _NOISE_BANK = 1 << 20
 
 
