@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from .expressions import AU
+from .render import FRAME_CENTER_Y, FRAME_CENTER_Z, FRAME_UNITS
 
 ASPECT = 0.75  # P = ASPECT * X
 MOUTH_Q = -0.42
@@ -49,7 +50,7 @@ class Template:
 
 def build_template(image_size: int) -> Template:
     """Grid density ~1.2 points per pixel along each axis at the default framing (gaps are filled)."""
-    px_per_unit = image_size / 2.2
+    px_per_unit = image_size / FRAME_UNITS
     n_phi = int(math.ceil(1.3 * math.pi * px_per_unit))
     n_theta = int(math.ceil(1.15 * 2 * math.pi * 0.8 * px_per_unit))
     phi = torch.linspace(-0.49 * math.pi, 0.49 * math.pi, n_phi, dtype=torch.float64)
@@ -96,6 +97,43 @@ def build_template(image_size: int) -> Template:
                     n_theta=n_theta, n_neck=n_a, front=torch.nonzero(face).flatten(), regions=regions)
 
 
+def crop_template(t: Template, used: torch.Tensor) -> tuple[Template, torch.Tensor]:
+    """The template cut down to the grid rows and columns (and neck rows) holding ``used`` points
+    (bool [Np]), one spare row and column around them so that every used point keeps the
+    neighbours its normal is computed from; returns it and each old index's new one (-1: dropped).
+    Per-point values of the kept points are unchanged, so images are too."""
+    grid = used[:t.num_head].view(t.n_phi, t.n_theta)
+    n_y = int(t.is_neck.sum()) // t.n_neck
+
+    def span(mask: torch.Tensor, n: int, periodic: bool) -> tuple[int, int]:
+        idx = torch.nonzero(mask).flatten()
+        if not len(idx):
+            return 0, 0
+        lo, hi = int(idx[0]) - 1, int(idx[-1]) + 2
+        if periodic and (lo < 0 or hi > n):  # the wrap-around neighbours are needed: keep it all
+            return 0, n
+        return max(lo, 0), min(hi, n)  # rows end with one-sided differences in any case
+
+    r0, r1 = span(grid.any(1), t.n_phi, periodic=False)
+    c0, c1 = span(grid.any(0), t.n_theta, periodic=True)
+    n0, n1 = span(used[t.num_head:].view(n_y, t.n_neck).any(1), n_y, periodic=False)
+    keep = torch.zeros(t.num_points, dtype=torch.bool)
+    keep[:t.num_head].view(t.n_phi, t.n_theta)[r0:r1, c0:c1] = True
+    keep[t.num_head:].view(n_y, t.n_neck)[n0:n1] = True
+    new = torch.full((t.num_points,), -1, dtype=torch.int64)
+    new[keep] = torch.arange(int(keep.sum()))
+
+    def remap(idx: torch.Tensor) -> torch.Tensor:
+        m = new[idx]
+        return m[m >= 0]
+
+    neck_keep = keep[t.num_head:]
+    cropped = Template(X=t.X[keep], Y=t.Y[keep], Z=t.Z[keep], ear=t.ear[keep], is_neck=t.is_neck[keep],
+                       neck_xyz=t.neck_xyz[neck_keep], n_phi=r1 - r0, n_theta=c1 - c0, n_neck=t.n_neck,
+                       front=remap(t.front), regions={k: remap(v) for k, v in t.regions.items()})
+    return cropped, new
+
+
 def _col(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, 1)
 
@@ -121,15 +159,15 @@ def face_shape(shape: dict[str, torch.Tensor], act: torch.Tensor, asymmetry: tor
     v.update(s)
     v["ex"] = 0.25 * s["eye_spacing"]
     v["ew"] = 0.145 * s["eye_size"]
-    v["eu"] = 0.08 * s["eye_size"] * (1 + 1.0 * g["eye_widen"] - 0.65 * g["eye_squint"]
+    v["eu"] = 0.064 * s["eye_size"] * (1 + 1.3 * g["eye_widen"] - 0.65 * g["eye_squint"]
                                       - 0.3 * g["brow_lower"]).clamp(min=0.12)
-    v["el"] = 0.05 * s["eye_size"] * (1 + 0.35 * g["eye_widen"] - 0.6 * g["eye_squint"]).clamp(min=0.15)
+    v["el"] = 0.042 * s["eye_size"] * (1 + 0.35 * g["eye_widen"] - 0.6 * g["eye_squint"]).clamp(min=0.15)
     v["bw"] = 0.145 * 1.2 * s["eye_size"]
     v["by"] = EYE_Q + 0.115 + s["brow_height"]
     v["ny"] = -0.1 * s["nose_length"]
     v["nostril_up"] = 0.035 * g["nose_wrinkle"] + 0.02 * g["upper_lip_raise"]
     v["mw"] = 0.235 * s["mouth_width"] * (1 + 0.3 * g["lip_stretch"] + 0.22 * g["lip_corner_pull"]
-                                           - 0.12 * g["lip_press"])
+                                           - 0.12 * g["lip_press"] - 0.22 * g["jaw_drop"])
     pull_l = g["lip_corner_pull"] * (1 + _col(asymmetry))
     pull_r = g["lip_corner_pull"] * (1 - _col(asymmetry))
     base = -0.12 * g["lip_corner_depress"] - 0.015 * g["lip_stretch"]
@@ -140,7 +178,7 @@ def face_shape(shape: dict[str, torch.Tensor], act: torch.Tensor, asymmetry: tor
     v["lift"] = 0.045 * g["upper_lip_raise"]  # upper lip rises above the opening
     v["tu"] = 0.045 * s["lip_thickness"] * (1 - 0.7 * g["lip_press"]).clamp(min=0.2)
     v["tl"] = 0.055 * s["lip_thickness"] * (1 - 0.7 * g["lip_press"]).clamp(min=0.2)
-    v["teeth"] = (1.5 * g["lip_corner_pull"] + g["upper_lip_raise"] + g["lip_stretch"] - 0.3).clamp(0, 1)
+    v["teeth"] = (1.5 * g["lip_corner_pull"] + 0.5 * g["upper_lip_raise"] - 0.3).clamp(0, 1)
     return FaceShape(v)
 
 
@@ -155,7 +193,7 @@ def _surface_offsets(P: torch.Tensor, Q: torch.Tensor, f: FaceShape) -> torch.Te
     """Depth added by nose, cheeks, brow ridge and eye sockets at face-plane points."""
     ap = P.abs()
     z = 0.16 * f.nose_height * _bump(P, Q, 0.0, f.ny, 0.1 * f.nose_width, 0.1 * f.nose_length)
-    z = z + 0.13 * f.nose_height * _bump(P, Q, 0.0, f.ny + 0.15 * f.nose_length, 0.045 * f.nose_width,
+    z = z + 0.13 * f.nose_height * _bump(P, Q, 0.0, f.ny + 0.15 * f.nose_length, 0.07 * f.nose_width,
                                          0.17 * f.nose_length)
     z = z + 0.05 * (0.3 + f.lip_corner_pull + 0.5 * f.eye_squint) * _bump(ap, Q, 0.22, -0.16, 0.13, 0.11)
     z = z + 0.04 * _bump(ap, Q, 0.22, f.by - 0.02, 0.2, 0.06)
@@ -298,7 +336,7 @@ def _paint_eyes(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Ten
     sub = color[:, idx]
     u = (P.abs() - f.ex + 0.045 * f.brow_lower) / f.bw  # -1 inner end, +1 outer end
     yb = brow_height(u, f)
-    thick = 0.05 * f.brow_thickness * (1 - 0.35 * (u + 1) / 2)
+    thick = 0.05 * f.brow_thickness * (1 - 0.35 * (u + 1) / 2) * (1 + 0.3 * f.brow_lower.clamp(0, 1))
     brow = _soft(thick - (Q - yb).abs(), aa) * _soft((1 - u.abs()) * f.bw, aa)
     _paint(sub, brow, hair3 * 0.4 + 0.03)
     # Forehead lines from raised brows, vertical frown lines from lowered ones.
@@ -368,7 +406,7 @@ def _paint_mouth(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Te
     gap = (top - bottom).clamp(min=0)
     upper = _soft(torch.minimum(top - Q, Q - top + torch.minimum(gap * 0.45, torch.full_like(gap, 0.045))), aa)
     lower = _soft(Q - bottom, aa) * _soft(bottom + 0.03 * f.lip_stretch - Q, aa)
-    teeth = inside * (f.teeth * upper + (f.lip_stretch.clamp(0, 1) * lower))
+    teeth = inside * (f.teeth * upper + (0.4 * f.lip_stretch.clamp(0, 1) * lower))
     _paint(sub, teeth.clamp(0, 1), torch.tensor([0.93, 0.91, 0.85]))
     color[:, idx] = sub
 
@@ -405,10 +443,13 @@ def _thin(pix: torch.Tensor) -> torch.Tensor:
     return ((c % s_col == 0) & (r % s_row == 0)).flatten()
 
 
-def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_per_unit: float) -> torch.Tensor:
-    """Template indices worth splatting at one view: those that can face the camera, thinned where
-    the grid lands much denser than a pixel (grazing sides, the crown). ``probe`` [3, C, Np] are
-    extreme deformed heads; the spacing is the largest any of them shows."""
+def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_per_unit: float,
+                reach: float) -> torch.Tensor:
+    """Template indices worth splatting at one view: those that can face the camera and land in the
+    frame, thinned where the grid lands much denser than a pixel (grazing sides, the crown).
+    ``probe`` [3, C, Np] are extreme deformed heads; the spacing is the largest any of them shows,
+    and a point is out of frame when every probe puts it further than ``reach`` head units
+    (the frame's half-width at the widest jittered framing, plus a margin) from the frame's centre."""
     y, p = math.radians(yaw), math.radians(pitch)
     X, Y, Z = probe
     u = px_per_unit * (X * math.cos(y) + Z * math.sin(y))
@@ -422,4 +463,8 @@ def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_p
     # Facing test on the undeformed directions (same rotation as render.rotate); the margin
     # keeps points a deformation may turn toward the camera.
     z2 = (t.Z * math.cos(y) - t.X * math.sin(y)) * math.cos(p) - t.Y * math.sin(p)
-    return torch.nonzero(torch.cat([head, neck]) & (z2 > -0.15)).flatten()
+    # Framing (as render.View's shifts): the frame follows the face centre as the head turns.
+    cu = FRAME_CENTER_Z * math.sin(y)
+    cw = FRAME_CENTER_Y * math.cos(p) + FRAME_CENTER_Z * math.cos(y) * math.sin(p)
+    inside = (((u / px_per_unit - cu).abs() <= reach) & ((w / px_per_unit - cw).abs() <= reach)).any(0)
+    return torch.nonzero(torch.cat([head, neck]) & (z2 > -0.15) & inside).flatten()
