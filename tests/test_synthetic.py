@@ -240,3 +240,23 @@ def test_frontal_views_do_not_depend_on_the_light_frame() -> None:
     assert SyntheticFaces("tiny").fingerprint() != SyntheticFaces("tiny", light="head").fingerprint()
     with pytest.raises(RecipeError, match="light must be world or head, got 'sun'"):
         SyntheticFaces("tiny", light="sun")
+
+
+def test_mouth_opens_dark_for_surprise() -> None:
+    """Frontal, style-free faces: surprise drops the jaw into a dark mouth cavity, many more dark
+    pixels in the mouth box than the closed neutral mouth (whose lips meet in a thin dark line)."""
+    ds = SyntheticFaces("tiny", image_size=64, num_subjects=4, style_strength=0.0, yaw_range=0.0,
+                        expressions=("neutral", "surprise"), **CLEAN)
+    out, lay = ds.render(), ds.layout()
+    expr = lay.cap_expression[lay.img_capture]
+    gray = out.images.float().mean(1)
+    lm = out.landmarks
+    dark = []
+    for i in range(len(gray)):  # the box spanned by the mouth corners, 4 px above and below the lips
+        x0, x1 = int(lm[i, 48, 0]), int(lm[i, 54, 0]) + 1
+        y0, y1 = int(lm[i, 48:60, 1].min()) - 4, int(lm[i, 48:60, 1].max()) + 5
+        skin = gray[i, y0 - 8:y0 - 4, x0:x1].median()  # skin between the nose and the upper lip
+        dark.append(float((gray[i, y0:y1, x0:x1] < 0.45 * skin).sum()))
+    dark_t = torch.tensor(dark)
+    neutral, surprise = expr == EXPRESSIONS.index("neutral"), expr == EXPRESSIONS.index("surprise")
+    assert dark_t[surprise].min() > 2 * dark_t[neutral].max() + 10, (dark_t[surprise], dark_t[neutral])

@@ -193,7 +193,7 @@ def _surface_offsets(P: torch.Tensor, Q: torch.Tensor, f: FaceShape) -> torch.Te
     """Depth added by nose, cheeks, brow ridge and eye sockets at face-plane points."""
     ap = P.abs()
     z = 0.16 * f.nose_height * _bump(P, Q, 0.0, f.ny, 0.1 * f.nose_width, 0.1 * f.nose_length)
-    z = z + 0.13 * f.nose_height * _bump(P, Q, 0.0, f.ny + 0.15 * f.nose_length, 0.07 * f.nose_width,
+    z = z + 0.13 * f.nose_height * _bump(P, Q, 0.0, f.ny + 0.15 * f.nose_length, 0.045 * f.nose_width,
                                          0.17 * f.nose_length)
     z = z + 0.05 * (0.3 + f.lip_corner_pull + 0.5 * f.eye_squint) * _bump(ap, Q, 0.22, -0.16, 0.13, 0.11)
     z = z + 0.04 * _bump(ap, Q, 0.22, f.by - 0.02, 0.2, 0.06)

@@ -13,7 +13,7 @@ import torch
 #: (0, FRAME_CENTER_Y, FRAME_CENTER_Z) of the face (wherever the view turns it), FRAME_UNITS head
 #: units across, from the forehead to below the chin.
 FRAME_CENTER_Y = -0.12
-FRAME_CENTER_Z = 0.5
+FRAME_CENTER_Z = 0.8
 FRAME_UNITS = 1.6
 VISIBILITY_TOLERANCE = 0.06  # head units a landmark may lie behind the nearest surface
 _DEPTH_OFFSET = 4.0  # rotated depths lie in (-4, 4); keys use depth + 4 > 0
