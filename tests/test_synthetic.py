@@ -199,34 +199,44 @@ def test_bad_dials_name_the_argument(kwargs: dict, name: str) -> None:
         SyntheticFaces("tiny", **kwargs)
 
 
-def _nose_brightness(light: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per capture: the mean pixel value (gain divided out) on the nose bridge and tip (landmarks
-    27-30) at yaw +60 and at -60, and the capture's light direction x (toward the image's right)."""
+def _front_brightness(light: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per capture: the mean pixel value (gain divided out) at the midline of the lips (landmarks
+    51 and 57, where the renderer projects them) at yaw +60 and at -60, and the capture's light
+    direction x (toward the image's right).
+
+    The lips' midline is front-facing and smooth at the scale of a pixel, so the pixel over it
+    shows the same surface, facing the same way, in both turns. The nose ridge does not do: it is
+    narrower than a pixel, so at +-60 the pixel over it shows the nose's near flank, the right one
+    in one turn and the left one in the other, which a side light shades differently even when it
+    turns with the head."""
     ds = SyntheticFaces("tiny", image_size=64, num_subjects=4, yaw_step=30.0, style_strength=0.0, lighting=1.0,
                         noise=0.0, jitter=0.0, background=0.0, light=light)
     lay, out = ds.layout(), ds.render()
     gain = ds._views(torch.arange(len(lay.img_capture)), lay).gain
     yaw = lay.view_yaw[lay.img_view]
+    front = [51, 57]
 
-    def nose(at: float) -> torch.Tensor:
+    def midline(at: float) -> torch.Tensor:
         sel = torch.nonzero(yaw == at).flatten()
-        px = out.landmarks[sel, 27:31].floor().long().clamp(0, 63)
+        assert out.visible[sel][:, front].all()
+        px = out.landmarks[sel][:, front].floor().long()
+        assert ((px >= 0) & (px < 64)).all()
         img = out.images[sel].float().mean(1)
         values = img[torch.arange(len(sel))[:, None], px[..., 1], px[..., 0]]
         return values.mean(1) / gain[sel]
 
-    return nose(60.0), nose(-60.0), ds._lights(lay)[:, 0]
+    return midline(60.0), midline(-60.0), ds._lights(lay)[:, 0]
 
 
 def test_light_is_fixed_in_the_world() -> None:
     """A face turned toward the light is lit on its front; turned away, its front darkens. With
     the light in the head frame (light: head) both turns shade the front alike."""
-    plus, minus, light_x = _nose_brightness("world")
+    plus, minus, light_x = _front_brightness("world")
     side = light_x.abs() > 0.3
     toward = torch.where(light_x > 0, plus, minus)[side]
     away = torch.where(light_x > 0, minus, plus)[side]
     assert side.sum() >= 5 and (toward > away + 10).all(), (toward, away)
-    plus_h, minus_h, _ = _nose_brightness("head")
+    plus_h, minus_h, _ = _front_brightness("head")
     assert (plus_h - minus_h).abs()[side].mean() < 0.25 * (toward - away).mean()
 
 
@@ -240,3 +250,23 @@ def test_frontal_views_do_not_depend_on_the_light_frame() -> None:
     assert SyntheticFaces("tiny").fingerprint() != SyntheticFaces("tiny", light="head").fingerprint()
     with pytest.raises(RecipeError, match="light must be world or head, got 'sun'"):
         SyntheticFaces("tiny", light="sun")
+
+
+def test_mouth_opens_dark_for_surprise() -> None:
+    """Frontal, style-free faces: surprise drops the jaw into a dark mouth cavity, many more dark
+    pixels in the mouth box than the closed neutral mouth (whose lips meet in a thin dark line)."""
+    ds = SyntheticFaces("tiny", image_size=64, num_subjects=4, style_strength=0.0, yaw_range=0.0,
+                        expressions=("neutral", "surprise"), **CLEAN)
+    out, lay = ds.render(), ds.layout()
+    expr = lay.cap_expression[lay.img_capture]
+    gray = out.images.float().mean(1)
+    lm = out.landmarks
+    dark = []
+    for i in range(len(gray)):  # the box spanned by the mouth corners, 4 px above and below the lips
+        x0, x1 = int(lm[i, 48, 0]), int(lm[i, 54, 0]) + 1
+        y0, y1 = int(lm[i, 48:60, 1].min()) - 4, int(lm[i, 48:60, 1].max()) + 5
+        skin = gray[i, y0 - 8:y0 - 4, x0:x1].median()  # skin between the nose and the upper lip
+        dark.append(float((gray[i, y0:y1, x0:x1] < 0.45 * skin).sum()))
+    dark_t = torch.tensor(dark)
+    neutral, surprise = expr == EXPRESSIONS.index("neutral"), expr == EXPRESSIONS.index("surprise")
+    assert dark_t[surprise].min() > 2 * dark_t[neutral].max() + 10, (dark_t[surprise], dark_t[neutral])

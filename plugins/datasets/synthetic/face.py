@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from .expressions import AU
+from .render import FRAME_CENTER_Y, FRAME_CENTER_Z, FRAME_UNITS
 
 ASPECT = 0.75  # P = ASPECT * X
 MOUTH_Q = -0.42
@@ -49,7 +50,7 @@ class Template:
 
 def build_template(image_size: int) -> Template:
     """Grid density ~1.2 points per pixel along each axis at the default framing (gaps are filled)."""
-    px_per_unit = image_size / 2.2
+    px_per_unit = image_size / FRAME_UNITS
     n_phi = int(math.ceil(1.3 * math.pi * px_per_unit))
     n_theta = int(math.ceil(1.15 * 2 * math.pi * 0.8 * px_per_unit))
     phi = torch.linspace(-0.49 * math.pi, 0.49 * math.pi, n_phi, dtype=torch.float64)
@@ -96,6 +97,43 @@ def build_template(image_size: int) -> Template:
                     n_theta=n_theta, n_neck=n_a, front=torch.nonzero(face).flatten(), regions=regions)
 
 
+def crop_template(t: Template, used: torch.Tensor) -> tuple[Template, torch.Tensor]:
+    """The template cut down to the grid rows and columns (and neck rows) holding ``used`` points
+    (bool [Np]), one spare row and column around them so that every used point keeps the
+    neighbours its normal is computed from; returns it and each old index's new one (-1: dropped).
+    Per-point values of the kept points are unchanged, so images are too."""
+    grid = used[:t.num_head].view(t.n_phi, t.n_theta)
+    n_y = int(t.is_neck.sum()) // t.n_neck
+
+    def span(mask: torch.Tensor, n: int, periodic: bool) -> tuple[int, int]:
+        idx = torch.nonzero(mask).flatten()
+        if not len(idx):
+            return 0, 0
+        lo, hi = int(idx[0]) - 1, int(idx[-1]) + 2
+        if periodic and (lo < 0 or hi > n):  # the wrap-around neighbours are needed: keep it all
+            return 0, n
+        return max(lo, 0), min(hi, n)  # rows end with one-sided differences in any case
+
+    r0, r1 = span(grid.any(1), t.n_phi, periodic=False)
+    c0, c1 = span(grid.any(0), t.n_theta, periodic=True)
+    n0, n1 = span(used[t.num_head:].view(n_y, t.n_neck).any(1), n_y, periodic=False)
+    keep = torch.zeros(t.num_points, dtype=torch.bool)
+    keep[:t.num_head].view(t.n_phi, t.n_theta)[r0:r1, c0:c1] = True
+    keep[t.num_head:].view(n_y, t.n_neck)[n0:n1] = True
+    new = torch.full((t.num_points,), -1, dtype=torch.int64)
+    new[keep] = torch.arange(int(keep.sum()))
+
+    def remap(idx: torch.Tensor) -> torch.Tensor:
+        m = new[idx]
+        return m[m >= 0]
+
+    neck_keep = keep[t.num_head:]
+    cropped = Template(X=t.X[keep], Y=t.Y[keep], Z=t.Z[keep], ear=t.ear[keep], is_neck=t.is_neck[keep],
+                       neck_xyz=t.neck_xyz[neck_keep], n_phi=r1 - r0, n_theta=c1 - c0, n_neck=t.n_neck,
+                       front=remap(t.front), regions={k: remap(v) for k, v in t.regions.items()})
+    return cropped, new
+
+
 def _col(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, 1)
 
@@ -121,25 +159,26 @@ def face_shape(shape: dict[str, torch.Tensor], act: torch.Tensor, asymmetry: tor
     v.update(s)
     v["ex"] = 0.25 * s["eye_spacing"]
     v["ew"] = 0.145 * s["eye_size"]
-    v["eu"] = 0.08 * s["eye_size"] * (1 + 1.0 * g["eye_widen"] - 0.65 * g["eye_squint"]).clamp(min=0.12)
-    v["el"] = 0.05 * s["eye_size"] * (1 + 0.35 * g["eye_widen"] - 0.6 * g["eye_squint"]).clamp(min=0.15)
+    v["eu"] = 0.064 * s["eye_size"] * (1 + 1.3 * g["eye_widen"] - 0.65 * g["eye_squint"]
+                                      - 0.3 * g["brow_lower"]).clamp(min=0.12)
+    v["el"] = 0.042 * s["eye_size"] * (1 + 0.35 * g["eye_widen"] - 0.6 * g["eye_squint"]).clamp(min=0.15)
     v["bw"] = 0.145 * 1.2 * s["eye_size"]
-    v["by"] = EYE_Q + 0.14 + s["brow_height"]
+    v["by"] = EYE_Q + 0.115 + s["brow_height"]
     v["ny"] = -0.1 * s["nose_length"]
     v["nostril_up"] = 0.035 * g["nose_wrinkle"] + 0.02 * g["upper_lip_raise"]
-    v["mw"] = 0.2 * s["mouth_width"] * (1 + 0.28 * g["lip_stretch"] + 0.15 * g["lip_corner_pull"]
-                                          - 0.15 * g["lip_press"])
+    v["mw"] = 0.235 * s["mouth_width"] * (1 + 0.3 * g["lip_stretch"] + 0.22 * g["lip_corner_pull"]
+                                           - 0.12 * g["lip_press"] - 0.22 * g["jaw_drop"])
     pull_l = g["lip_corner_pull"] * (1 + _col(asymmetry))
     pull_r = g["lip_corner_pull"] * (1 - _col(asymmetry))
-    base = -0.1 * g["lip_corner_depress"] - 0.01 * g["lip_stretch"]
-    v["corner_l"] = 0.11 * pull_l + base
-    v["corner_r"] = 0.11 * pull_r + base
-    v["open"] = ((0.2 * g["jaw_drop"] + 0.015 * g["upper_lip_raise"] + 0.04 * g["lip_stretch"])
+    base = -0.12 * g["lip_corner_depress"] - 0.015 * g["lip_stretch"]
+    v["corner_l"] = 0.14 * pull_l + base
+    v["corner_r"] = 0.14 * pull_r + base
+    v["open"] = ((0.22 * g["jaw_drop"] + 0.03 * g["upper_lip_raise"] + 0.05 * g["lip_stretch"])
                  * (1 - 0.9 * g["lip_press"]).clamp(min=0))
     v["lift"] = 0.045 * g["upper_lip_raise"]  # upper lip rises above the opening
     v["tu"] = 0.045 * s["lip_thickness"] * (1 - 0.7 * g["lip_press"]).clamp(min=0.2)
     v["tl"] = 0.055 * s["lip_thickness"] * (1 - 0.7 * g["lip_press"]).clamp(min=0.2)
-    v["teeth"] = (1.5 * g["lip_corner_pull"] + g["upper_lip_raise"] + g["lip_stretch"] - 0.3).clamp(0, 1)
+    v["teeth"] = (1.5 * g["lip_corner_pull"] + 0.5 * g["upper_lip_raise"] - 0.3).clamp(0, 1)
     return FaceShape(v)
 
 
@@ -173,7 +212,7 @@ def _head_xyz(X: torch.Tensor, Y: torch.Tensor, Z: torch.Tensor, f: FaceShape,
               ear: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lower = (-Y).clamp(0, 1)
     x = 0.72 * f.face_width * X * (1 - f.jaw_taper * lower * lower)
-    y = torch.where(Y < 0, Y * f.face_length, Y + 0 * f.face_length)
+    y = torch.where(Y < 0, Y * (0.85 * f.face_length), Y + 0 * f.face_length)
     z = 0.82 * Z + 0 * f.face_width
     P, Q = ASPECT * X, Y
     if regions is None:  # few points (landmarks): evaluate everywhere
@@ -260,6 +299,13 @@ def albedo(t: Template, f: FaceShape, skin: torch.Tensor, hair: torch.Tensor, ir
     return color
 
 
+def brow_height(u: torch.Tensor, f: FaceShape) -> torch.Tensor:
+    """Face-plane height of the brow's centre line at u (-1 inner end, +1 outer end)."""
+    inner, outer = (1 - u) / 2, (1 + u) / 2
+    return (f.by + 0.025 * f.brow_arch * (1 - u * u) + 0.13 * f.brow_inner_raise * inner
+            + 0.1 * f.brow_outer_raise * outer - 0.05 * f.brow_lower - 0.13 * f.brow_lower * inner)
+
+
 def _paint_eyes(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Tensor, hair3: torch.Tensor,
                 iris3: torch.Tensor, aa: float) -> None:
     idx = t.regions["eyes"]
@@ -270,32 +316,39 @@ def _paint_eyes(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Ten
     shape = 1 - (dx / f.ew) ** 2
     up, low = f.eu * shape, f.el * shape
     eye = _soft(torch.minimum(up - dy, dy + low), aa) * (shape > 0)
-    _paint(sub, eye, torch.tensor([0.94, 0.93, 0.9]))
-    r = (dx * dx + (dy - 0.15 * f.eu) ** 2).sqrt()
-    _paint(sub, eye * _soft(0.055 - r, aa), iris3)
-    _paint(sub, eye * _soft(0.025 - r, aa), torch.tensor([0.05, 0.04, 0.04]))
-    lash = _soft(0.02 - (dy - up - 0.008).abs(), aa) * _soft(1.08 * f.ew - dx.abs(), aa)
-    _paint(sub, lash, torch.tensor([0.1, 0.07, 0.06]))
-    lid = 0.5 * _soft(0.01 - (dy + low + 0.004).abs(), aa) * (shape > 0)
-    _paint(sub, lid, skin3 * 0.5)
+    # The socket's shade around the eye and the upper-lid crease: eyes read as dark in a photo.
+    socket = _bump(dx, dy, 0.0, 0.015, 1.45 * f.ew, 2.2 * f.eu + 0.03)
+    _paint(sub, (0.35 + 0.3 * f.brow_lower.clamp(0, 1)) * socket, skin3 * 0.62)
+    crease = _soft(0.014 - (dy - up - 0.045 + 0.02 * f.eye_squint).abs(), aa) * _soft(1.0 * f.ew - dx.abs(), aa)
+    _paint(sub, 0.45 * crease * (1 - 0.6 * f.eye_widen.clamp(0, 1)), skin3 * 0.5)
+    _paint(sub, eye, torch.tensor([0.8, 0.78, 0.74]))
+    r = (dx * dx + (dy + 0.005) ** 2).sqrt()
+    _paint(sub, eye * _soft(0.072 - r, aa), iris3 * 0.6)
+    _paint(sub, eye * _soft(0.03 - r, aa), torch.tensor([0.03, 0.02, 0.02]))
+    lash = _soft(0.026 - (dy - up - 0.006).abs(), aa) * _soft(1.1 * f.ew - dx.abs(), aa)
+    _paint(sub, lash, torch.tensor([0.06, 0.045, 0.04]))
+    lid = 0.6 * _soft(0.012 - (dy + low + 0.004).abs(), aa) * (shape > 0)
+    _paint(sub, lid, skin3 * 0.45)
     color[:, idx] = sub
 
     idx = t.regions["brows"]
     P, Q = ASPECT * t.X[idx], t.Y[idx]
     sub = color[:, idx]
-    u = (P.abs() - f.ex + 0.035 * f.brow_lower) / f.bw  # -1 inner end, +1 outer end
-    yb = (f.by + 0.025 * f.brow_arch * (1 - u * u) + 0.12 * f.brow_inner_raise * (1 - u) / 2
-          + 0.1 * f.brow_outer_raise * (1 + u) / 2 - 0.06 * f.brow_lower - 0.05 * f.brow_lower * (1 - u) / 2)
-    thick = 0.04 * f.brow_thickness * (1 - 0.3 * (u + 1) / 2)
+    u = (P.abs() - f.ex + 0.045 * f.brow_lower) / f.bw  # -1 inner end, +1 outer end
+    yb = brow_height(u, f)
+    thick = 0.05 * f.brow_thickness * (1 - 0.35 * (u + 1) / 2) * (1 + 0.3 * f.brow_lower.clamp(0, 1))
     brow = _soft(thick - (Q - yb).abs(), aa) * _soft((1 - u.abs()) * f.bw, aa)
-    _paint(sub, brow, hair3 * 0.7)
+    _paint(sub, brow, hair3 * 0.4 + 0.03)
     # Forehead lines from raised brows, vertical frown lines from lowered ones.
     raise_ = (0.5 * (f.brow_inner_raise + f.brow_outer_raise) - 0.3).clamp(0, 1)
     rows = sum(_soft(0.012 - (Q - f.by - h).abs(), aa) for h in (0.1, 0.16))
     _paint(sub, 0.5 * raise_ * rows * _soft(0.3 - P.abs(), aa), skin3 * 0.55)
-    frown = (f.brow_lower - 0.2).clamp(0, 1)
-    cols = _soft(0.012 - ((P.abs() - 0.04).abs()), aa) * _soft(0.07 - (Q - f.by + 0.03).abs(), aa)
-    _paint(sub, 0.6 * frown * cols, skin3 * 0.5)
+    # Lowered brows bunch the skin between them: a shaded furrow with two vertical creases.
+    frown = (f.brow_lower - 0.15).clamp(0, 1)
+    glabella = _bump(P, Q, 0.0, f.by - 0.06, 0.1, 0.1)
+    _paint(sub, 0.5 * frown * glabella, skin3 * 0.55)
+    cols = _soft(0.014 - ((P.abs() - 0.04).abs()), aa) * _soft(0.08 - (Q - f.by + 0.05).abs(), aa)
+    _paint(sub, 0.8 * frown * cols, skin3 * 0.4)
     color[:, idx] = sub
 
 
@@ -332,8 +385,8 @@ def mouth_curves(P: torch.Tensor, f: FaceShape) -> tuple[torch.Tensor, ...]:
     m = (1 - tt * tt).clamp(min=0)
     sm = m.sqrt()
     c = MOUTH_Q + torch.where(P > 0, f.corner_l, f.corner_r) * tt * tt
-    top = c + (0.3 * f.open + f.lift) * m + 0.006
-    bottom = c - 0.7 * f.open * m - 0.006
+    top = c + (0.3 * f.open + f.lift) * m + 0.011
+    bottom = c - 0.7 * f.open * m - 0.011
     return top, bottom, top + f.tu * sm, bottom - f.tl * sm, tt
 
 
@@ -344,13 +397,16 @@ def _paint_mouth(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Te
     top, bottom, lip_top, lip_bottom, tt = mouth_curves(P, f)
     span = _soft((1 - tt.abs()) * f.mw, aa)
     lips = _soft(torch.minimum(Q - lip_bottom, lip_top - Q), aa) * span
-    _paint(sub, lips, skin3 * torch.tensor([0.82, 0.45, 0.45]) + torch.tensor([0.08, 0.0, 0.02]))
+    # The lower lip's shadow on the chin.
+    under = _soft(0.035 - (Q - lip_bottom + 0.03).abs(), aa) * _soft((0.8 - tt.abs()) * f.mw, aa)
+    _paint(sub, 0.35 * under, skin3 * 0.6)
+    _paint(sub, lips, skin3 * torch.tensor([0.7, 0.38, 0.4]) + torch.tensor([0.06, 0.0, 0.02]))
     inside = _soft(torch.minimum(top - Q, Q - bottom), aa) * span
-    _paint(sub, inside, torch.tensor([0.22, 0.05, 0.06]))
+    _paint(sub, inside, torch.tensor([0.1, 0.03, 0.03]))
     gap = (top - bottom).clamp(min=0)
     upper = _soft(torch.minimum(top - Q, Q - top + torch.minimum(gap * 0.45, torch.full_like(gap, 0.045))), aa)
     lower = _soft(Q - bottom, aa) * _soft(bottom + 0.03 * f.lip_stretch - Q, aa)
-    teeth = inside * (f.teeth * upper + (f.lip_stretch.clamp(0, 1) * lower))
+    teeth = inside * (f.teeth * upper + (0.4 * f.lip_stretch.clamp(0, 1) * lower))
     _paint(sub, teeth.clamp(0, 1), torch.tensor([0.93, 0.91, 0.85]))
     color[:, idx] = sub
 
@@ -387,10 +443,13 @@ def _thin(pix: torch.Tensor) -> torch.Tensor:
     return ((c % s_col == 0) & (r % s_row == 0)).flatten()
 
 
-def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_per_unit: float) -> torch.Tensor:
-    """Template indices worth splatting at one view: those that can face the camera, thinned where
-    the grid lands much denser than a pixel (grazing sides, the crown). ``probe`` [3, C, Np] are
-    extreme deformed heads; the spacing is the largest any of them shows."""
+def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_per_unit: float,
+                reach: float) -> torch.Tensor:
+    """Template indices worth splatting at one view: those that can face the camera and land in the
+    frame, thinned where the grid lands much denser than a pixel (grazing sides, the crown).
+    ``probe`` [3, C, Np] are extreme deformed heads; the spacing is the largest any of them shows,
+    and a point is out of frame when every probe puts it further than ``reach`` head units
+    (the frame's half-width at the widest jittered framing, plus a margin) from the frame's centre."""
     y, p = math.radians(yaw), math.radians(pitch)
     X, Y, Z = probe
     u = px_per_unit * (X * math.cos(y) + Z * math.sin(y))
@@ -404,4 +463,8 @@ def view_points(t: Template, probe: torch.Tensor, yaw: float, pitch: float, px_p
     # Facing test on the undeformed directions (same rotation as render.rotate); the margin
     # keeps points a deformation may turn toward the camera.
     z2 = (t.Z * math.cos(y) - t.X * math.sin(y)) * math.cos(p) - t.Y * math.sin(p)
-    return torch.nonzero(torch.cat([head, neck]) & (z2 > -0.15)).flatten()
+    # Framing (as render.View's shifts): the frame follows the face centre as the head turns.
+    cu = FRAME_CENTER_Z * math.sin(y)
+    cw = FRAME_CENTER_Y * math.cos(p) + FRAME_CENTER_Z * math.cos(y) * math.sin(p)
+    inside = (((u / px_per_unit - cu).abs() <= reach) & ((w / px_per_unit - cw).abs() <= reach)).any(0)
+    return torch.nonzero(torch.cat([head, neck]) & (z2 > -0.15) & inside).flatten()

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .face import ASPECT, EYE_Q, MOUTH_Q, FaceShape, head_points, mouth_curves
+from .face import ASPECT, EYE_Q, MOUTH_Q, FaceShape, brow_height, head_points, mouth_curves
 
 NUM_LANDMARKS = 68
 def _jaw_directions() -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,9 +40,7 @@ def landmarks_3d(f: FaceShape) -> torch.Tensor:
     add(ASPECT * _JAW_X[None], _JAW_Y[None])  # 0-16
     for sign, us in ((-1.0, (1.0, 0.5, 0.0, -0.5, -1.0)), (1.0, (-1.0, -0.5, 0.0, 0.5, 1.0))):  # 17-26
         u = torch.tensor(us)[None]
-        yb = (f.by + 0.025 * f.brow_arch * (1 - u * u) + 0.12 * f.brow_inner_raise * (1 - u) / 2
-              + 0.1 * f.brow_outer_raise * (1 + u) / 2 - 0.06 * f.brow_lower - 0.05 * f.brow_lower * (1 - u) / 2)
-        add(sign * (f.ex + u * f.bw - 0.035 * f.brow_lower), yb)
+        add(sign * (f.ex + u * f.bw - 0.045 * f.brow_lower), brow_height(u, f))
     k = torch.arange(4, dtype=torch.float32)[None] / 3  # 27-30
     add(0.0 * k, EYE_Q + (f.ny - EYE_Q) * k)
     base = torch.tensor([-0.06, -0.03, 0.0, 0.03, 0.06])[None]  # 31-35

@@ -9,9 +9,12 @@ from __future__ import annotations
 import attrs
 import torch
 
-#: Head-space height the image is centred on, and head units across the image height.
-FRAME_CENTER_Y = -0.1
-FRAME_UNITS = 2.2
+#: The frame is a face crop, as a face detector would cut it: centred on the head-space point
+#: (0, FRAME_CENTER_Y, FRAME_CENTER_Z) of the face (wherever the view turns it), FRAME_UNITS head
+#: units across, from the forehead to below the chin.
+FRAME_CENTER_Y = -0.12
+FRAME_CENTER_Z = 0.8
+FRAME_UNITS = 1.6
 VISIBILITY_TOLERANCE = 0.06  # head units a landmark may lie behind the nearest surface
 _DEPTH_OFFSET = 4.0  # rotated depths lie in (-4, 4); keys use depth + 4 > 0
 

@@ -20,14 +20,14 @@ from .expressions import (
     extreme_activations,
     sample_style,
 )
-from .face import albedo, build_template, capture_points, face_shape, view_points
+from .face import albedo, build_template, capture_points, crop_template, face_shape, view_points
 from .identity import Identity, extreme_shapes, sample_identity
 from .landmarks import landmarks_3d
 from .presets import SyntheticPreset, resolve
-from .render import FRAME_UNITS, View, depth_scale, landmark_pixels, render_views, unrotate
+from .render import FRAME_CENTER_Y, FRAME_CENTER_Z, FRAME_UNITS, View, depth_scale, landmark_pixels, render_views, unrotate
 
 #: Bump whenever the same parameters would produce different images.
-GENERATOR_VERSION = "synthetic-faces-3"  # 3: light fixed in the world (shading per view)
+GENERATOR_VERSION = "synthetic-faces-4"  # 4: lifelike expressions (benchmarks/realism.py); 3: light fixed in the world
 _NOISE_BANK = 1 << 20
 
 
@@ -161,12 +161,17 @@ class SyntheticFaces:
         lx, ly, lz = self._lights(lay)[lay.img_capture[index]].double().unbind(-1)
         if p.light == "world":  # one light per capture, fixed while the head turns
             lx, ly, lz = unrotate(lx, ly, lz, yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin())
+        scale = 1 + 0.06 * p.jitter * (2 * u[:, 7] - 1)
+        # Keep the face centred as the head turns: where the view puts the frame's centre point.
+        k = size / FRAME_UNITS * scale.double()
+        centre_x = FRAME_CENTER_Z * yaw.sin()
+        centre_y = FRAME_CENTER_Y * pitch.cos() + FRAME_CENTER_Z * yaw.cos() * pitch.sin()
         return View(
             cos_yaw=yaw.cos().float(), sin_yaw=yaw.sin().float(), cos_pitch=pitch.cos().float(),
             sin_pitch=pitch.sin().float(),
-            scale=1 + 0.06 * p.jitter * (2 * u[:, 7] - 1),
-            shift_x=0.04 * size * p.jitter * (2 * u[:, 8] - 1),
-            shift_y=0.04 * size * p.jitter * (2 * u[:, 9] - 1),
+            scale=scale,
+            shift_x=(0.04 * size * p.jitter * (2 * u[:, 8] - 1) - k * centre_x).float(),
+            shift_y=(0.04 * size * p.jitter * (2 * u[:, 9] - 1) + k * (centre_y - FRAME_CENTER_Y)).float(),
             bg_from=grey + p.background * (c0 - 0.5), bg_to=grey + p.background * (c1 - 0.5) * 0.6,
             bg_dir_x=a.cos().float(), bg_dir_y=a.sin().float(),
             gain=1 + 0.1 * p.lighting * (2 * u[:, 10] - 1),
@@ -209,8 +214,16 @@ class SyntheticFaces:
         t = build_template(size)
         probe = capture_points(t, face_shape(extreme_shapes(), extreme_activations(), torch.zeros(4)))[0]
         px_per_unit = size / FRAME_UNITS * (1 + 0.06 * p.jitter)  # the largest jittered framing
-        subsets = [view_points(t, probe, float(y), float(pt), px_per_unit)
+        # Half the frame in head units at the smallest jittered scale and largest shift, plus 3 pixels.
+        reach = ((0.5 + 0.04 * p.jitter) / (1 - 0.06 * p.jitter) + 3.0 / size) * FRAME_UNITS
+        subsets = [view_points(t, probe, float(y), float(pt), px_per_unit, reach)
                    for y, pt in zip(lay.view_yaw, lay.view_pitch)]
+        # Only the grid rows and columns some view shows are deformed and painted.
+        used = torch.zeros(t.num_points, dtype=torch.bool)
+        for keep in subsets:
+            used[keep] = True
+        t, new_index = crop_template(t, used)
+        subsets = [new_index[keep] for keep in subsets]
         scales = [depth_scale(len(keep)) for keep in subsets]
         # Noise in output units with the rounding half folded in (one add per pixel later).
         noise = rnd.noise_bank(self.seed, _NOISE_BANK) * (0.04 * p.noise * 255.0) + 0.5
