@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import ROOT, machine, update_docs
 
 from facedapt.engine.precision import cpu_has_fast_bf16
+from facedapt.engine.results import summary_lines
 from facedapt.tables import markdown
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,7 +67,7 @@ def run_kind(kind: str, recipe: str, work: Path, extra: list[str] | None = None)
             "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
             "timing": res.get("timing", {}), "accuracy": res["target_accuracy"], "source_accuracy": res["source_accuracy"],
             "gain": res["gain"], "subjects_improved": res["subjects_improved"], "targets": len(res["per_subject"]),
-            "load_avg_1min": round(os.getloadavg()[0], 2)}
+            "load_avg_1min": round(os.getloadavg()[0], 2), "summary": summary_lines(res)}
 
 
 def table(rows: list[dict[str, Any]]) -> str:

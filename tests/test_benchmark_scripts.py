@@ -58,5 +58,5 @@ def test_main_job_timing_runs_the_job_as_the_cpu_kind_asks(tmp_path: Path) -> No
     assert row["precision"] == "fp32" and row["env"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert row["wall_s"] > 0 and row["cpu_s"] > 0 and {"data", "source", "adapt", "total"} <= set(row["timing"])
     assert row["gain"] == pytest.approx(row["accuracy"] - row["source_accuracy"]) and row["targets"] == 1
-    assert (tmp_path / "avx2" / "results.json").is_file()
+    assert (tmp_path / "avx2" / "results.json").is_file() and row["summary"][0].startswith("target accuracy")
     assert "| avx2 | fp32 |" in job.table([row])
