@@ -227,6 +227,7 @@ DOC_SECTIONS = {
                                                      "`python benchmarks/compare.py --protocol pose_shift`.")),
     "choose_defaults": ("choose_defaults.md", "No results yet: run `python benchmarks/choose_defaults.py`."),
     "main_job": ("main_job.md", "No results yet: run `python benchmarks/main_job.py`."),
+    "strategies": ("strategies.md", "No results yet: run `python benchmarks/strategies.py`."),
 }
 
 

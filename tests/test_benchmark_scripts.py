@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,27 @@ def test_main_job_timing_runs_the_job_as_the_cpu_kind_asks(tmp_path: Path) -> No
     assert row["gain"] == pytest.approx(row["accuracy"] - row["source_accuracy"]) and row["targets"] == 1
     assert (tmp_path / "avx2" / "results.json").is_file() and row["summary"][0].startswith("target accuracy")
     assert "| avx2 | fp32 |" in job.table([row])
+
+
+def test_strategy_table_turns_off_only_what_costs_on_both_protocols(tmp_path: Path) -> None:
+    strategies = benchmark_module("strategies")
+
+    def effect(mean: float, low: float, high: float) -> dict:
+        return {"mean": mean, "ci95": [low, high], "n": 24, "improved": 10}
+
+    default = {"ablation_effects": {"pada_no_cross": effect(-0.03, -0.05, -0.01),
+                                    "pada_no_reconstruction": effect(-0.03, -0.05, -0.01),
+                                    "pada_no_pose": effect(0.02, 0.01, 0.03)}, "seeds": [0, 1, 2], "targets": 8}
+    shift = {"ablation_effects": {"pada_no_cross": effect(-0.02, -0.04, -0.005),
+                                  "pada_no_reconstruction": effect(0.01, -0.01, 0.03),
+                                  "pada_no_pose": effect(-0.02, -0.04, -0.01)},
+             "addition_effects": {"pada_pose_warp": effect(0.02, 0.005, 0.035)}, "seeds": [0, 1, 2], "targets": 8}
+    (tmp_path / "compare.json").write_text(json.dumps(default))
+    (tmp_path / "compare-pose_shift.json").write_text(json.dumps(shift))
+    table = strategies.main(["--results", str(tmp_path)])
+    assert table["pada_no_cross"]["verdicts"] == {"default": "costs", "pose shift": "costs"}
+    assert [r for r, t in table.items() if t["off_by_default"]] == ["pada_no_cross"]
+    assert table["pada_no_reconstruction"]["verdicts"] == {"default": "costs", "pose shift": "not shown"}
+    assert table["pada_no_pose"]["verdicts"] == {"default": "helps", "pose shift": "costs"}
+    assert table["pada_pose_warp"]["verdicts"] == {"default": "not measured", "pose shift": "helps"}
+    assert "off by default: cross-adversarial terms." in (tmp_path / "strategies.md").read_text()
