@@ -251,8 +251,8 @@ class Runner:
         res["selected_step"] = selected
         res["seconds"] = round(seconds_adapt, 3)
         # One pass over the labelled source images serves their accuracy and both probes.
-        probe_dom = target.source_val if target.source_val is not None else _subset(target.source, 2000, r.seed)
         if target.source_val is not None or r.eval.leakage_probe:
+            probe_dom = target.source_val if target.source_val is not None else _subset(target.source, 2000, r.seed)
             sv = predictions_with_features(method, probe_dom, self.device, r.eval.batch_size, self.amp, "source")
             if target.source_val is not None:
                 true = probe_dom.samples.expression[probe_dom.indices]
