@@ -49,6 +49,7 @@ SETTINGS: dict[str, dict[str, list[str]]] = {
     "reconstruction": {
         "rec_weight 0.15": ["method.rec_weight=0.15"],
         "rec_weight 1.5": ["method.rec_weight=1.5"],
+        "target cross-pose pairs": ["method.target_cross_pose=true"],
     },
     "pose_warp": {
         "pose_warp 30 degrees, p 0.5": [f"data.augment=[{{name: flip, p: 0.5}}, {POSE_WARP}]"],

@@ -48,6 +48,10 @@ class Method:
     uses_target_labels: bool = False
     #: Whether source batches carry cross-pose partners.
     needs_partners: bool = False
+    #: Whether target batches carry them too: another view of the same target capture, drawn
+    #: from the adaptation images by their capture grouping (which views were taken together),
+    #: never by a label; the partner batch carries no labels.
+    needs_target_partners: bool = False
 
     #: Model role -> component family; the recipe's ``model:`` section may set these roles.
     roles: dict[str, str] = {}

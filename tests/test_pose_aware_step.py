@@ -274,6 +274,37 @@ def test_decoder_normalizes_source_target_and_partner_codes_apart(plugins: Plugi
     assert sizes == [BATCH, BATCH, partners]  # one pass per set: no batch statistics across them
 
 
+def test_target_cross_pose_decodes_target_partners_in_a_pass_of_their_own(plugins: Plugins,
+                                                                           samples: Samples) -> None:
+    """With ``target_cross_pose`` a target partner view is decoded from the target image's f_e and
+    the partner's f_p, in its own decoder pass; the reconstruction gradient reaches the encoders
+    through it. Off by default."""
+    assert not _method(plugins, samples).needs_target_partners
+    method = _method(plugins, samples, "method.target_cross_pose=true")
+    assert method.needs_target_partners
+    batch = _batch(samples, method)
+    assert batch.target is not None
+    t_idx = torch.nonzero(samples.subject == 0).squeeze(1)[:BATCH]
+    partner_idx = PartnerTable(samples, t_idx).draw(t_idx, torch.Generator().manual_seed(2))
+    batch.target.partner = gather(samples, partner_idx, torch.device("cpu"), labels=False, pose=False, landmarks=False)
+    first_norm = next(mod for mod in method.models["decoder"].modules() if isinstance(mod, nn.BatchNorm2d))
+    sizes: list[int] = []
+    hook = first_norm.register_forward_hook(lambda _m, args, _out: sizes.append(len(args[0])))
+    try:
+        ctx, _ = _step(method, batch)
+    finally:
+        hook.remove()
+    partners = max(1, round(BATCH * method.partner_fraction))
+    assert sizes == [BATCH, BATCH, partners, partners]
+    # The target partners' term alone: the same step with them decoded minus without them.
+    with_target = ctx.updates["main"]["reconstruction"]
+    batch.target.partner = None
+    without, _ = _step(method, batch)
+    assert not torch.equal(with_target, without.updates["main"]["reconstruction"])
+    got = _grads(with_target, method, ENCODERS)
+    assert all(_reaches(got[n]) for n in ENCODERS)
+
+
 # ----------------------------------------------------------------------------- optimizer groups
 
 

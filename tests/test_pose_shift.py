@@ -183,3 +183,47 @@ def test_a_run_trains_on_the_range_and_scores_every_view(toy_plugins, tmp_path: 
     assert set(res["per_yaw"]) == {"-30", "0", "30"}, res["per_yaw"]
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "pose shift: source images by |yaw| {0: " in log and "; target images by |yaw| {0: " in log
+
+
+def test_target_partners_are_other_views_of_the_same_adaptation_capture(data: Samples) -> None:
+    """A target image's partner is another view of its capture, drawn among the adaptation
+    images only: never an image the person is scored on."""
+    t = Personalized(source_yaw_max=30).split(data, None, REQUEST)[0]
+    adapt = t.adapt.indices
+    drawn = PartnerTable(data, adapt).draw(adapt, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) <= set(adapt.tolist())
+    assert torch.equal(data.capture[drawn], data.capture[adapt])
+    assert (drawn != adapt).all()  # every capture has 13 views
+    # A capture cut in two: partners stay on the side given.
+    one = torch.nonzero(data.capture == data.capture[adapt[0]]).squeeze(1)
+    kept = one[::2]
+    drawn = PartnerTable(data, kept).draw(kept, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) <= set(kept.tolist()) and (drawn != kept).all()
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_target_cross_pose_gives_the_method_target_partners_without_labels(paired: bool, toy_plugins,
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from facedapt_plugins.methods.pose_aware import PoseAwareADA
+
+    seen: list = []
+    original = PoseAwareADA.train_step
+
+    def record(self, batch, ctx):  # type: ignore[no-untyped-def]
+        if batch.target is not None:
+            seen.append(batch.target)
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(PoseAwareADA, "train_step", record)
+    run_toy(toy_plugins, tmp_path / "run", "data.target_subjects=[T00]", f"method.target_cross_pose={str(paired).lower()}")
+    assert len(seen) == 4  # the adaptation steps
+    if not paired:
+        assert all(t.partner is None for t in seen)
+        return
+    for t in seen:
+        p = t.partner
+        assert p is not None and p.images.shape == t.images.shape
+        assert (p.expression, p.subject, p.capture, p.yaw, p.landmarks) == (None,) * 5  # hidden as for the target
+    # Other views (toy captures hold three), not the images themselves.
+    assert any(not torch.equal(t.partner.images, t.images) for t in seen)

@@ -215,8 +215,12 @@ class PartnerTable:
     """Cross-pose partners: for an image, another image of the same capture (same subject and
     expression, another camera). Built once; drawing is vectorized."""
 
-    def __init__(self, samples: Samples) -> None:
+    def __init__(self, samples: Samples, indices: torch.Tensor | None = None) -> None:
         capture = samples.capture
+        if indices is not None:  # partners only among these images (e.g. a target's adaptation half)
+            inside = torch.zeros(len(capture), dtype=torch.bool)
+            inside[indices] = True
+            capture = torch.where(inside, capture, torch.full_like(capture, -1))
         self.order = torch.argsort(capture, stable=True)
         sorted_capture = capture[self.order]
         _, counts = torch.unique_consecutive(sorted_capture, return_counts=True)

@@ -113,6 +113,9 @@ class PhaseRunner:
             tgt_sampler = EndlessSampler(spec.target.indices, t.target_batch_size or t.batch_size,
                                          seed_of(r.seed, spec.phase, "target", spec.seed), None, rank, world)
         partners = PartnerTable(src.samples) if method.needs_partners else None
+        target_partners = None
+        if method.needs_target_partners and spec.target is not None:
+            target_partners = PartnerTable(spec.target.samples, spec.target.indices)
         partner_gen = torch.Generator()
 
         step, best, history = 0, None, []
@@ -156,9 +159,13 @@ class PhaseRunner:
                 sb = self._augment(sb, seed_of(r.seed, spec.phase, spec.seed, step, "aug", *([rank] if rank else [])))
                 tb = None
                 if tgt_sampler is not None and spec.target is not None:
-                    tb = gather(spec.target.samples, tgt_sampler.next(), device, labels=labels_on_target,
-                                pose=labels_on_target or r.data.use_target_pose,
-                                landmarks=labels_on_target or r.data.use_target_landmarks, channels_last=t.channels_last)
+                    tgidx = tgt_sampler.next_global()
+                    shown = dict(labels=labels_on_target, pose=labels_on_target or r.data.use_target_pose,
+                                 landmarks=labels_on_target or r.data.use_target_landmarks, channels_last=t.channels_last)
+                    tb = gather(spec.target.samples, tgt_sampler.shard(tgidx), device, **shown)
+                    if target_partners is not None:  # the same labels hidden as for the target batch
+                        tpidx = tgt_sampler.shard(target_partners.draw(tgidx, partner_gen))
+                        tb.partner = gather(spec.target.samples, tpidx, device, **shown)
                     if r.data.augment_target:
                         tb = self._augment(tb, seed_of(r.seed, spec.phase, spec.seed, step, "aug-t",
                                                        *([rank] if rank else [])))

@@ -96,6 +96,7 @@ class Networks(Method):
             m.update(term.build(self, ctx))
         self.partner_fraction = max((t.partner_fraction for t in self.terms), default=0.0)
         self.needs_partners = self.partner_fraction > 0
+        self.needs_target_partners = self.needs_partners and any(t.target_partners for t in self.terms)
         # Always domain batch norms, so every configuration shares one state layout and any
         # method can start from any other's source model; `shared` only ever uses "source".
         for name in TRUNK:
@@ -208,7 +209,7 @@ class Networks(Method):
 
     def encode_all(self, src: Batch, tgt: Batch | None) -> dict[str, dict[str, torch.Tensor]]:
         """Features of the source batch, the cross-pose partners used (a fraction of the
-        batch) and the target batch, in as few forward passes as normalization allows: one
+        batch), the target batch and its partners where used, in as few forward passes as normalization allows: one
         over everything with shared statistics, one per domain with per-domain statistics."""
         parts: dict[str, tuple[torch.Tensor, str]] = {"source": (src.images, "source")}
         if self.needs_partners and src.partner is not None:
@@ -216,6 +217,9 @@ class Networks(Method):
             parts["partner"] = (src.partner.images[:k], "source")
         if tgt is not None:
             parts["target"] = (tgt.images, "target")
+            if self.needs_target_partners and tgt.partner is not None:
+                k = max(1, int(round(len(tgt.images) * self.partner_fraction)))
+                parts["target_partner"] = (tgt.partner.images[:k], "target")
         groups = [list(parts)] if self.norm == "shared" else [[n for n in parts if parts[n][1] == d] for d in ("source", "target")]
         out: dict[str, dict[str, torch.Tensor]] = {}
         for names in filter(None, groups):

@@ -59,6 +59,7 @@ class PoseAwareADA(Networks):
         cross_pose: bool = True,
         partner_fraction: float = 0.5,
         rec_size: int = 32,
+        target_cross_pose: bool = False,
         adabn: bool = True,
         label_smoothing: float = 0.0,
         adapts: bool = True,
@@ -70,7 +71,8 @@ class PoseAwareADA(Networks):
                                                  conditional, entropy_conditioning, max_lambda, warmup_gamma)
         entropy_term = TargetEntropyTerm(target_entropy_weight)
         cross = CrossTerm(cross_mode, cross_weight, cross_lr, cross_inner_steps, cross_hidden, cross_normalize)
-        rec = ReconstructionTerm(rec_weight, identity_code, identity_dim, cross_pose, partner_fraction, rec_size)
+        rec = ReconstructionTerm(rec_weight, identity_code, identity_dim, cross_pose, partner_fraction, rec_size,
+                                 target_cross_pose)
         switched: list[tuple[Term, bool]] = [
             (adversarial_term, adaptation and adv_weight > 0),
             (entropy_term, target_entropy_weight > 0),

@@ -74,6 +74,8 @@ class Term:
     #: Share of the source batch whose cross-pose partner views (another view of the same
     #: capture) this term reads; set by ``build``. The engine gathers partners where any is > 0.
     partner_fraction: float = 0.0
+    #: Whether it reads partner views of the target's captures too (the same share of the batch).
+    target_partners: bool = False
 
     def build(self, net: Networks, ctx: Any) -> dict[str, nn.Module]:
         return {}
@@ -317,12 +319,14 @@ class CrossTerm(Term):
 class ReconstructionTerm(Term):
     """Face reconstruction by a decoder G from (f_e, f_p, identity code): each face from its own
     codes, and with ``cross_pose`` a partner view of the same capture from f_e of the first
-    view and f_p of the partner, so f_e must carry the expression whatever the pose.
+    view and f_p of the partner, so f_e must carry the expression whatever the pose. With
+    ``target_cross_pose`` the target person's captures are paired the same way (views taken
+    together, no labels): under pose shift the target is where the views the source lacks are.
     ``identity_code``: a learnt code per source person plus one for the target person."""
 
     def __init__(self, weight: float, identity_code: Literal["none", "subject_embedding"] = "subject_embedding",
                  identity_dim: int = 16, cross_pose: bool = True, partner_fraction: float = 0.5,
-                 rec_size: int = 32) -> None:
+                 rec_size: int = 32, target_cross_pose: bool = False) -> None:
         choice("identity_code", identity_code, ("none", "subject_embedding"))
         if not 0 < partner_fraction <= 1:
             raise RecipeError(f"must be in (0, 1], got {partner_fraction}", key="method.partner_fraction")
@@ -331,9 +335,11 @@ class ReconstructionTerm(Term):
         non_negative(rec_weight=weight)
         self.weight, self.identity_code, self.identity_dim = weight, identity_code, identity_dim
         self.cross_pose, self.fraction, self.rec_size = cross_pose, partner_fraction, rec_size
+        self.target_cross_pose = target_cross_pose
 
     def build(self, net: Networks, ctx: Any) -> dict[str, nn.Module]:
         self.partner_fraction = self.fraction if self.cross_pose and net.pose_branch else 0.0
+        self.target_partners = self.target_cross_pose and self.partner_fraction > 0
         _, h, _ = ctx.image_shape
         m: dict[str, nn.Module] = {}
         code = net.feature_dim + (net.pose_feature_dim if net.pose_branch else 0)
@@ -366,6 +372,9 @@ class ReconstructionTerm(Term):
             k = len(fs["partner"]["pose"])
             sets.append((fs["source"]["expression"][:k], fs["partner"]["pose"],
                          src.subject[:k] if src.subject is not None else None, src.partner.images[:k]))
+        if "target_partner" in fs and tgt is not None and tgt.partner is not None:
+            k = len(fs["target_partner"]["pose"])
+            sets.append((fs["target"]["expression"][:k], fs["target_partner"]["pose"], target_id[:k], tgt.partner.images[:k]))
         with_identity = "identity" in m and all(s[2] is not None for s in sets)
         outputs = []
         for expression, pose, subject, _ in sets:
