@@ -50,7 +50,10 @@ SETTINGS: dict[str, dict[str, list[str]]] = {
         "rec_weight 0.15": ["method.rec_weight=0.15"],
         "rec_weight 1.5": ["method.rec_weight=1.5"],
         "target cross-pose pairs": ["method.target_cross_pose=true"],
+        "target cross-pose pairs, 200 steps": ["method.target_cross_pose=true", "train.steps=200"],
     },
+    # The control for the row above: the longer adaptation alone.
+    "adaptation steps": {"200 steps": ["train.steps=200"]},
     "pose_warp": {
         "pose_warp 30 degrees, p 0.5": [f"data.augment=[{{name: flip, p: 0.5}}, {POSE_WARP}]"],
     },
@@ -59,7 +62,7 @@ SETTINGS: dict[str, dict[str, list[str]]] = {
 
 #: Candidates that differ from the current recipe in adaptation-time terms alone: they adapt
 #: from the current recipe's source model (target pairs exist only where a target is at hand).
-ADAPTATION_TIME = {"target cross-pose pairs"}
+ADAPTATION_TIME = {"target cross-pose pairs", "target cross-pose pairs, 200 steps", "200 steps"}
 
 
 def slug(label: str) -> str:
