@@ -42,7 +42,7 @@ from facedapt.stats import excludes_zero, paired
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_ROWS = ["source_only", "adabn", "dann", "cdan", "pada", "target_supervised"]
-ABLATIONS = ["pada_no_cross", "pada_no_reconstruction", "pada_no_pose", "pada_shared_norm"]
+ABLATIONS = ["pada_no_cross", "pada_no_reconstruction", "pada_no_pose", "pada_no_pose_warp", "pada_shared_norm"]
 BASELINES = ["source_only", "adabn", "dann"]
 LABELS = {
     "source_only": "source-only",
@@ -55,11 +55,8 @@ LABELS = {
     "pada_no_pose": "  without pose branch",
     "pada_shared_norm": "  with shared normalization",
     "target_supervised": "target-supervised (upper bound, uses target labels)",
-    "pada_pose_warp": "  with the pose_warp augmentation (up to 30 degrees, half of each batch)",
+    "pada_no_pose_warp": "  without the pose_warp augmentation",
 }
-#: Rows that add something to another row (run with --rows): the table gives the row minus
-#: the row it adds to, pair by pair.
-ADDITIONS = {"pada_pose_warp": "pada"}
 #: row -> the row whose source model it adapts from. Only for rows that differ from that row in
 #: adaptation-time terms alone; every ablation here drops a source-time term (cross terms,
 #: reconstruction, pose branch, normalization), so none shares.
@@ -200,9 +197,7 @@ def summarize(results: dict[str, list[dict]], targets: int, seeds: list[int], ov
     # What each strategy adds: the full method against the ablation without it, pair by pair.
     effects = {ab: paired(accuracies(rows["pada"]), accuracies(rows[ab])) for ab in ABLATIONS
                if ab in rows and "pada" in rows}
-    additions = {row: paired(accuracies(rows[row]), accuracies(rows[base])) for row, base in ADDITIONS.items()
-                 if row in rows and base in rows}
-    return {"ablation_effects": effects, "addition_effects": additions, "date": date.today().isoformat(), "machine": _machine(), "command": "python benchmarks/compare.py "
+    return {"ablation_effects": effects, "date": date.today().isoformat(), "machine": _machine(), "command": "python benchmarks/compare.py "
             + " ".join(sys.argv[1:]), "protocol": "v2: new people per seed, capture-disjoint holdout 0.5",
             "seeds": seeds, "targets": targets, "overrides": overrides, "selection": "last",
             "interval": "95% paired t over (seed, person) pairs", "seconds": round(seconds), "rows": rows,
@@ -274,13 +269,6 @@ def render(rep: dict[str, Any]) -> str:
         out += ["Each strategy's effect: the full method minus the row without it, points [95% CI] "
                 "(pairs where the full method was better / pairs)", ""]
         out += [f"- {LABELS[ab].strip()}: {paired_cell(p)}" for ab, p in effects.items()]
-        out.append("")
-    additions = rep.get("addition_effects") or {}
-    if additions:
-        out += ["What an addition changes: the row minus the row it adds to, points [95% CI] (pairs where the "
-                "addition was better / pairs)", ""]
-        out += [f"- {LABELS[row].strip()} (against {LABELS[ADDITIONS[row]].strip()}): {paired_cell(p)}"
-                for row, p in additions.items()]
         out.append("")
     g = rep.get("goal") or {}
     if g:

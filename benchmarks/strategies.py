@@ -5,8 +5,7 @@
 Reads benchmarks/results/compare.json (default protocol) and compare-pose_shift.json (written by
 `python benchmarks/compare.py [--protocol pose_shift]`), and writes
 benchmarks/results/strategies.{json,md} and the table in docs/benchmarks.md. An effect is the
-full method minus the row without the strategy (or, for an addition, the row with it minus the
-row it adds to), a 95% paired-t interval over (seed, person) pairs. The verdict per protocol:
+full method minus the row without the strategy, a 95% paired-t interval over (seed, person) pairs. The verdict per protocol:
 "helps" where the interval is above 0, "costs" where it is below 0, "not shown" otherwise; the
 rule for the recipes' defaults is that a strategy shown to cost accuracy on both protocols is
 not on by default.
@@ -23,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import ROOT, update_docs
-from compare import ABLATIONS, ADDITIONS, LABELS
+from compare import ABLATIONS, LABELS
 
 from facedapt.compare import paired_cell
 from facedapt.stats import excludes_zero
@@ -37,7 +36,7 @@ STRATEGY = {
     "pada_no_reconstruction": "reconstruction (with cross-pose pairs)",
     "pada_no_pose": "pose branch (pose features, D_p, cross terms)",
     "pada_shared_norm": "per-domain normalization with AdaBN",
-    "pada_pose_warp": "pose_warp augmentation (an addition)",
+    "pada_no_pose_warp": "pose_warp augmentation",
 }
 
 
@@ -50,7 +49,7 @@ def verdict(p: dict[str, Any] | None) -> str:
 
 
 def effects(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {**report.get("ablation_effects", {}), **report.get("addition_effects", {})}
+    return report.get("ablation_effects", {})
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     reports = {name: json.loads((results / f).read_text()) for name, f in PROTOCOLS.items() if (results / f).is_file()}
     if not reports:
         raise SystemExit("no comparison results yet: run `python benchmarks/compare.py` first")
-    rows = [r for r in [*ABLATIONS, *ADDITIONS] if any(r in effects(rep) for rep in reports.values())]
+    rows = [r for r in ABLATIONS if any(r in effects(rep) for rep in reports.values())]
     table: dict[str, dict[str, Any]] = {}
     for row in rows:
         per = {name: effects(rep).get(row) for name, rep in reports.items()}

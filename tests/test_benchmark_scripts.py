@@ -74,8 +74,8 @@ def test_strategy_table_turns_off_only_what_costs_on_both_protocols(tmp_path: Pa
                                     "pada_no_pose": effect(0.02, 0.01, 0.03)}, "seeds": [0, 1, 2], "targets": 8}
     shift = {"ablation_effects": {"pada_no_cross": effect(-0.02, -0.04, -0.005),
                                   "pada_no_reconstruction": effect(0.01, -0.01, 0.03),
-                                  "pada_no_pose": effect(-0.02, -0.04, -0.01)},
-             "addition_effects": {"pada_pose_warp": effect(0.02, 0.005, 0.035)}, "seeds": [0, 1, 2], "targets": 8}
+                                  "pada_no_pose": effect(-0.02, -0.04, -0.01),
+                                  "pada_no_pose_warp": effect(0.02, 0.005, 0.035)}, "seeds": [0, 1, 2], "targets": 8}
     (tmp_path / "compare.json").write_text(json.dumps(default))
     (tmp_path / "compare-pose_shift.json").write_text(json.dumps(shift))
     table = strategies.main(["--results", str(tmp_path)])
@@ -83,5 +83,5 @@ def test_strategy_table_turns_off_only_what_costs_on_both_protocols(tmp_path: Pa
     assert [r for r, t in table.items() if t["off_by_default"]] == ["pada_no_cross"]
     assert table["pada_no_reconstruction"]["verdicts"] == {"default": "costs", "pose shift": "not shown"}
     assert table["pada_no_pose"]["verdicts"] == {"default": "helps", "pose shift": "costs"}
-    assert table["pada_pose_warp"]["verdicts"] == {"default": "not measured", "pose shift": "helps"}
+    assert table["pada_no_pose_warp"]["verdicts"] == {"default": "not measured", "pose shift": "helps"}
     assert "off by default: cross-adversarial terms." in (tmp_path / "strategies.md").read_text()
