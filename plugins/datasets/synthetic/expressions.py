@@ -29,10 +29,10 @@ AU = {name: i for i, name in enumerate(ACTION_UNITS)}
 #: Canonical (prototype) activation of each movement per expression at full intensity.
 _PROTOTYPES: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"lip_corner_pull": 1.0, "eye_squint": 0.8, "jaw_drop": 0.35, "upper_lip_raise": 0.3},
+    "happy": {"lip_corner_pull": 1.5, "eye_squint": 1.2, "upper_lip_raise": 1.5},
     "sad": {"brow_inner_raise": 1.5, "brow_lower": 0.35, "lip_corner_depress": 1.45, "eye_squint": 1.4,
             "lip_press": 0.5},
-    "surprise": {"brow_inner_raise": 1.0, "brow_outer_raise": 1.0, "eye_widen": 1.0, "jaw_drop": 1.0},
+    "surprise": {"brow_inner_raise": 1.15, "brow_outer_raise": 1.4, "eye_widen": 1.5, "jaw_drop": 1.5},
     "fear": {"brow_inner_raise": 1.5, "eye_widen": 1.4, "eye_squint": 0.25, "lip_stretch": 1.3,
              "lip_corner_depress": 1.4},
     "anger": {"brow_lower": 1.5, "eye_squint": 1.0, "lip_press": 1.4, "lip_corner_depress": 0.9, "jaw_drop": 1.15},
