@@ -35,7 +35,7 @@ _PROTOTYPES: dict[str, dict[str, float]] = {
     "surprise": {"brow_inner_raise": 1.15, "brow_outer_raise": 1.4, "eye_widen": 1.5, "jaw_drop": 1.5},
     "fear": {"brow_inner_raise": 1.5, "eye_widen": 1.4, "eye_squint": 0.25, "lip_stretch": 1.3,
              "lip_corner_depress": 1.4},
-    "anger": {"brow_lower": 1.5, "eye_squint": 1.0, "lip_press": 1.4, "lip_corner_depress": 0.9, "jaw_drop": 1.15},
+    "anger": {"brow_lower": 1.5, "eye_squint": 1.4, "lip_press": 1.4, "lip_corner_depress": 0.9},
     "disgust": {"nose_wrinkle": 1.0, "upper_lip_raise": 1.0, "brow_lower": 0.6, "eye_squint": 0.6,
                 "lip_corner_depress": 0.4},
 }

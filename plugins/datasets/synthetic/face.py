@@ -223,7 +223,7 @@ def _head_xyz(X: torch.Tensor, Y: torch.Tensor, Z: torch.Tensor, f: FaceShape,
     if ear is not None:
         x = x + torch.sign(X) * 0.09 * ear.sqrt()
     # Jaw drop lowers everything below the mouth on the face side; the skull stays.
-    drop = 0.18 * f.jaw_drop * ((MOUTH_Q - 0.05 - Q) / 0.3).clamp(0, 1) * ((Z + 0.2) / 0.5).clamp(0, 1)
+    drop = 0.18 * f.jaw_drop * ((MOUTH_Q - 0.05 - Q) / 0.45).clamp(0, 1) * ((Z + 0.2) / 0.5).clamp(0, 1)
     y = y - drop
     return x, y, z
 
