@@ -30,12 +30,12 @@ AU = {name: i for i, name in enumerate(ACTION_UNITS)}
 _PROTOTYPES: dict[str, dict[str, float]] = {
     "neutral": {},
     "happy": {"lip_corner_pull": 1.5, "eye_squint": 1.2, "upper_lip_raise": 1.5},
-    "sad": {"brow_inner_raise": 1.5, "brow_lower": 0.35, "lip_corner_depress": 1.45, "eye_squint": 1.4,
-            "lip_press": 0.5},
+    "sad": {"brow_inner_raise": 1.5, "lip_corner_depress": 1.5, "eye_squint": 1.5, "lip_press": 0.2},
     "surprise": {"brow_inner_raise": 1.15, "brow_outer_raise": 1.4, "eye_widen": 1.5, "jaw_drop": 1.5},
-    "fear": {"brow_inner_raise": 1.5, "eye_widen": 1.4, "eye_squint": 0.25, "lip_stretch": 1.3,
-             "lip_corner_depress": 1.4},
-    "anger": {"brow_lower": 1.5, "eye_squint": 1.4, "lip_press": 1.4, "lip_corner_depress": 0.9},
+    "fear": {"brow_inner_raise": 1.5, "eye_widen": 1.5, "eye_squint": 0.25, "lip_stretch": 1.5,
+             "lip_corner_depress": 1.5},
+    "anger": {"brow_lower": 1.5, "eye_squint": 1.5, "lip_press": 1.5, "lip_corner_depress": 1.5,
+              "nose_wrinkle": 0.55, "upper_lip_raise": 0.55, "lip_stretch": 0.3},
     "disgust": {"nose_wrinkle": 1.0, "upper_lip_raise": 1.0, "brow_lower": 0.6, "eye_squint": 0.6,
                 "lip_corner_depress": 0.4},
 }
