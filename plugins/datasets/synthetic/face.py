@@ -159,8 +159,9 @@ def face_shape(shape: dict[str, torch.Tensor], act: torch.Tensor, asymmetry: tor
     v.update(s)
     v["ex"] = 0.25 * s["eye_spacing"]
     v["ew"] = 0.145 * s["eye_size"]
-    v["eu"] = 0.064 * s["eye_size"] * (1 + 1.3 * g["eye_widen"] - 0.65 * g["eye_squint"]
-                                      - 0.3 * g["brow_lower"]).clamp(min=0.12)
+    # At rest the upper lid covers more of the iris; widened, the eye opens as far as before.
+    v["eu"] = 0.055 * s["eye_size"] * (1 + 1.6 * g["eye_widen"] - 0.75 * g["eye_squint"]
+                                      - 0.35 * g["brow_lower"]).clamp(min=0.14)
     v["el"] = 0.042 * s["eye_size"] * (1 + 0.35 * g["eye_widen"] - 0.6 * g["eye_squint"]).clamp(min=0.15)
     v["bw"] = 0.145 * 1.2 * s["eye_size"]
     v["by"] = EYE_Q + 0.115 + s["brow_height"]
