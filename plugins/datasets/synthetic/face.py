@@ -344,12 +344,13 @@ def _paint_eyes(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Ten
     raise_ = (0.5 * (f.brow_inner_raise + f.brow_outer_raise) - 0.3).clamp(0, 1)
     rows = sum(_soft(0.012 - (Q - f.by - h).abs(), aa) for h in (0.1, 0.16))
     _paint(sub, 0.5 * raise_ * rows * _soft(0.3 - P.abs(), aa), skin3 * 0.55)
-    # Lowered brows bunch the skin between them: a shaded furrow with two vertical creases.
+    # Lowered brows bunch the skin between them: a deeply shaded furrow with two faint vertical
+    # creases (dark creases read less as anger than the shade does).
     frown = (f.brow_lower - 0.15).clamp(0, 1)
     glabella = _bump(P, Q, 0.0, f.by - 0.06, 0.1, 0.1)
-    _paint(sub, 0.5 * frown * glabella, skin3 * 0.55)
+    _paint(sub, frown * glabella, skin3 * 0.45)
     cols = _soft(0.014 - ((P.abs() - 0.04).abs()), aa) * _soft(0.08 - (Q - f.by + 0.05).abs(), aa)
-    _paint(sub, 0.8 * frown * cols, skin3 * 0.4)
+    _paint(sub, 0.3 * frown * cols, skin3 * 0.4)
     color[:, idx] = sub
 
 
