@@ -322,7 +322,7 @@ def _paint_eyes(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Ten
     _paint(sub, (0.35 + 0.3 * f.brow_lower.clamp(0, 1)) * socket, skin3 * 0.62)
     crease = _soft(0.014 - (dy - up - 0.045 + 0.02 * f.eye_squint).abs(), aa) * _soft(1.0 * f.ew - dx.abs(), aa)
     _paint(sub, 0.45 * crease * (1 - 0.6 * f.eye_widen.clamp(0, 1)), skin3 * 0.5)
-    _paint(sub, eye, torch.tensor([0.8, 0.78, 0.74]))
+    _paint(sub, eye, torch.tensor([0.68, 0.66, 0.63]))  # the white of the eye, in the socket's shade
     r = (dx * dx + (dy + 0.005) ** 2).sqrt()
     _paint(sub, eye * _soft(0.072 - r, aa), iris3 * 0.6)
     _paint(sub, eye * _soft(0.03 - r, aa), torch.tensor([0.03, 0.02, 0.02]))
@@ -402,7 +402,7 @@ def _paint_mouth(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Te
     # The lower lip's shadow on the chin.
     under = _soft(0.035 - (Q - lip_bottom + 0.03).abs(), aa) * _soft((0.8 - tt.abs()) * f.mw, aa)
     _paint(sub, 0.35 * under, skin3 * 0.6)
-    _paint(sub, lips, skin3 * torch.tensor([0.7, 0.38, 0.4]) + torch.tensor([0.06, 0.0, 0.02]))
+    _paint(sub, lips, skin3 * torch.tensor([0.82, 0.63, 0.64]) + torch.tensor([0.06, 0.0, 0.02]))  # skin-toned
     inside = _soft(torch.minimum(top - Q, Q - bottom), aa) * span
     _paint(sub, inside, torch.tensor([0.1, 0.03, 0.03]))
     gap = (top - bottom).clamp(min=0)
