@@ -29,13 +29,13 @@ AU = {name: i for i, name in enumerate(ACTION_UNITS)}
 #: Canonical (prototype) activation of each movement per expression at full intensity.
 _PROTOTYPES: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"lip_corner_pull": 1.0, "eye_squint": 0.8, "jaw_drop": 0.35, "upper_lip_raise": 0.3},
-    "sad": {"brow_inner_raise": 1.0, "brow_lower": 0.5, "lip_corner_depress": 1.2, "eye_squint": 0.5,
-            "lip_press": 0.35},
-    "surprise": {"brow_inner_raise": 1.0, "brow_outer_raise": 1.0, "eye_widen": 1.0, "jaw_drop": 1.0},
-    "fear": {"brow_inner_raise": 1.0, "brow_outer_raise": 0.3, "brow_lower": 0.7, "eye_widen": 1.0,
-             "lip_stretch": 1.2, "jaw_drop": 0.35},
-    "anger": {"brow_lower": 1.3, "eye_squint": 0.5, "lip_press": 0.7, "lip_corner_depress": 0.5},
+    "happy": {"lip_corner_pull": 1.5, "eye_squint": 1.2, "upper_lip_raise": 1.5},
+    "sad": {"brow_inner_raise": 1.5, "lip_corner_depress": 1.5, "eye_squint": 1.5, "lip_press": 0.2},
+    "surprise": {"brow_inner_raise": 1.15, "brow_outer_raise": 1.4, "eye_widen": 1.5, "jaw_drop": 1.5},
+    "fear": {"brow_inner_raise": 1.5, "eye_widen": 1.5, "eye_squint": 0.25, "lip_stretch": 1.5,
+             "lip_corner_depress": 1.5},
+    "anger": {"brow_lower": 1.5, "eye_squint": 1.5, "lip_press": 1.5, "lip_corner_depress": 1.5,
+              "nose_wrinkle": 0.55, "upper_lip_raise": 0.55, "lip_stretch": 0.3},
     "disgust": {"nose_wrinkle": 1.0, "upper_lip_raise": 1.0, "brow_lower": 0.6, "eye_squint": 0.6,
                 "lip_corner_depress": 0.4},
 }

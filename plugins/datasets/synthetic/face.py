@@ -159,8 +159,9 @@ def face_shape(shape: dict[str, torch.Tensor], act: torch.Tensor, asymmetry: tor
     v.update(s)
     v["ex"] = 0.25 * s["eye_spacing"]
     v["ew"] = 0.145 * s["eye_size"]
-    v["eu"] = 0.064 * s["eye_size"] * (1 + 1.3 * g["eye_widen"] - 0.65 * g["eye_squint"]
-                                      - 0.3 * g["brow_lower"]).clamp(min=0.12)
+    # At rest the upper lid covers more of the iris; widened, the eye opens as far as before.
+    v["eu"] = 0.055 * s["eye_size"] * (1 + 1.6 * g["eye_widen"] - 0.75 * g["eye_squint"]
+                                      - 0.35 * g["brow_lower"]).clamp(min=0.14)
     v["el"] = 0.042 * s["eye_size"] * (1 + 0.35 * g["eye_widen"] - 0.6 * g["eye_squint"]).clamp(min=0.15)
     v["bw"] = 0.145 * 1.2 * s["eye_size"]
     v["by"] = EYE_Q + 0.115 + s["brow_height"]
@@ -223,7 +224,7 @@ def _head_xyz(X: torch.Tensor, Y: torch.Tensor, Z: torch.Tensor, f: FaceShape,
     if ear is not None:
         x = x + torch.sign(X) * 0.09 * ear.sqrt()
     # Jaw drop lowers everything below the mouth on the face side; the skull stays.
-    drop = 0.18 * f.jaw_drop * ((MOUTH_Q - 0.05 - Q) / 0.3).clamp(0, 1) * ((Z + 0.2) / 0.5).clamp(0, 1)
+    drop = 0.18 * f.jaw_drop * ((MOUTH_Q - 0.05 - Q) / 0.45).clamp(0, 1) * ((Z + 0.2) / 0.5).clamp(0, 1)
     y = y - drop
     return x, y, z
 
@@ -321,7 +322,7 @@ def _paint_eyes(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Ten
     _paint(sub, (0.35 + 0.3 * f.brow_lower.clamp(0, 1)) * socket, skin3 * 0.62)
     crease = _soft(0.014 - (dy - up - 0.045 + 0.02 * f.eye_squint).abs(), aa) * _soft(1.0 * f.ew - dx.abs(), aa)
     _paint(sub, 0.45 * crease * (1 - 0.6 * f.eye_widen.clamp(0, 1)), skin3 * 0.5)
-    _paint(sub, eye, torch.tensor([0.8, 0.78, 0.74]))
+    _paint(sub, eye, torch.tensor([0.68, 0.66, 0.63]))  # the white of the eye, in the socket's shade
     r = (dx * dx + (dy + 0.005) ** 2).sqrt()
     _paint(sub, eye * _soft(0.072 - r, aa), iris3 * 0.6)
     _paint(sub, eye * _soft(0.03 - r, aa), torch.tensor([0.03, 0.02, 0.02]))
@@ -343,12 +344,13 @@ def _paint_eyes(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Ten
     raise_ = (0.5 * (f.brow_inner_raise + f.brow_outer_raise) - 0.3).clamp(0, 1)
     rows = sum(_soft(0.012 - (Q - f.by - h).abs(), aa) for h in (0.1, 0.16))
     _paint(sub, 0.5 * raise_ * rows * _soft(0.3 - P.abs(), aa), skin3 * 0.55)
-    # Lowered brows bunch the skin between them: a shaded furrow with two vertical creases.
+    # Lowered brows bunch the skin between them: a deeply shaded furrow with two faint vertical
+    # creases (dark creases read less as anger than the shade does).
     frown = (f.brow_lower - 0.15).clamp(0, 1)
     glabella = _bump(P, Q, 0.0, f.by - 0.06, 0.1, 0.1)
-    _paint(sub, 0.5 * frown * glabella, skin3 * 0.55)
+    _paint(sub, frown * glabella, skin3 * 0.45)
     cols = _soft(0.014 - ((P.abs() - 0.04).abs()), aa) * _soft(0.08 - (Q - f.by + 0.05).abs(), aa)
-    _paint(sub, 0.8 * frown * cols, skin3 * 0.4)
+    _paint(sub, 0.3 * frown * cols, skin3 * 0.4)
     color[:, idx] = sub
 
 
@@ -400,7 +402,7 @@ def _paint_mouth(color: torch.Tensor, t: Template, f: FaceShape, skin3: torch.Te
     # The lower lip's shadow on the chin.
     under = _soft(0.035 - (Q - lip_bottom + 0.03).abs(), aa) * _soft((0.8 - tt.abs()) * f.mw, aa)
     _paint(sub, 0.35 * under, skin3 * 0.6)
-    _paint(sub, lips, skin3 * torch.tensor([0.7, 0.38, 0.4]) + torch.tensor([0.06, 0.0, 0.02]))
+    _paint(sub, lips, skin3 * torch.tensor([0.82, 0.63, 0.64]) + torch.tensor([0.06, 0.0, 0.02]))  # skin-toned
     inside = _soft(torch.minimum(top - Q, Q - bottom), aa) * span
     _paint(sub, inside, torch.tensor([0.1, 0.03, 0.03]))
     gap = (top - bottom).clamp(min=0)

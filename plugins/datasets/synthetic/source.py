@@ -27,7 +27,9 @@ from .presets import SyntheticPreset, resolve
 from .render import FRAME_CENTER_Y, FRAME_CENTER_Z, FRAME_UNITS, View, depth_scale, landmark_pixels, render_views, unrotate
 
 #: Bump whenever the same parameters would produce different images.
-GENERATOR_VERSION = "synthetic-faces-4"  # 4: lifelike expressions (benchmarks/realism.py); 3: light fixed in the world
+#: 5: expression prototypes re-weighted, resting lids, shaded eye whites, skin-toned lips
+#: (benchmarks/realism.py); 4: lifelike expressions; 3: light fixed in the world.
+GENERATOR_VERSION = "synthetic-faces-5"
 _NOISE_BANK = 1 << 20
 
 
