@@ -117,7 +117,8 @@ def main() -> None:
                               "protocol": args.protocol, "dataset_seed": DEV_DATASET_SEED, "targets": args.targets,
                               "overrides": dev, "current": cur, "settings": settings}
     if len(chosen) > 1:  # the separate choices together: kept unless they fall behind the current recipe
-        combined = evaluate("combined", [o for c in chosen for o in c["overrides"]])
+        # Named by what it combines: a run directory is reused only for the same combination.
+        combined = evaluate("combined: " + ", ".join(c["label"] for c in chosen), [o for c in chosen for o in c["overrides"]])
         report["combined"] = {**combined, "kept": behind(cur, combined) <= 0}
         keep = chosen if report["combined"]["kept"] else []
     else:
