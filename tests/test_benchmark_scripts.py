@@ -85,3 +85,20 @@ def test_strategy_table_turns_off_only_what_costs_on_both_protocols(tmp_path: Pa
     assert table["pada_no_pose"]["verdicts"] == {"default": "helps", "pose shift": "costs"}
     assert table["pada_no_pose_warp"]["verdicts"] == {"default": "not measured", "pose shift": "helps"}
     assert "off by default: cross-adversarial terms." in (tmp_path / "strategies.md").read_text()
+
+
+def test_strategy_choice_needs_more_than_one_standard_error_over_the_current_recipe() -> None:
+    choose = benchmark_module("choose_strategies").choose
+
+    def cand(label: str, gains: list[float]) -> dict:
+        return {"label": label, "accuracy": 0.5 + sum(gains) / len(gains),
+                "per_person": {f"S{i}": 0.5 + g for i, g in enumerate(gains)}}
+
+    current = cand("current", [0.0] * 4)
+    noisy = cand("noisy", [0.08, -0.06, 0.07, -0.05])  # +1 point, SE 3.6: noise
+    steady = cand("steady", [0.02, 0.03, 0.02, 0.03])  # +2.5 points, SE 0.3
+    bigger = cand("bigger", [0.05, 0.04, 0.06, 0.05])  # +5 points, SE 0.4
+    assert choose(current, [noisy]) is None
+    assert choose(current, [noisy, steady])["label"] == "steady"
+    assert choose(current, [steady, bigger, noisy])["label"] == "bigger"
+    assert choose(current, [cand("worse", [-0.02, -0.03, -0.02, -0.03])]) is None
