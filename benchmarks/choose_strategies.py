@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import update_docs  # noqa: E402
 from choose_defaults import behind  # noqa: E402
 from compare import DEV_DATASET_SEED, PROTOCOLS, _machine, configuration, people, run  # noqa: E402
 
@@ -129,6 +130,8 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     md = render(report)
     args.out.with_suffix(".md").write_text(md)
+    if args.out == ap.get_default("out"):
+        update_docs()
     print(md)
 
 
@@ -147,14 +150,14 @@ def render(rep: dict[str, Any]) -> str:
            f"(target cross-pose pairs: the current recipe's, as they act in adaptation only); "
            f"`{rep['command']}` ({rep['seconds'] // 60} min).", "",
            "| candidate | accuracy % | vs current, points ± 1 SE (paired over people) | |", "|---|---|---|---|",
-           line(cur, "the recipe as it stands")]
+           line(cur, "the recipe before the choice")]
     for setting, s in rep["settings"].items():
         for c in s["candidates"]:
             out.append(line(c, f"{setting}: chosen" if s["chosen"] == c["label"] else setting))
     if "combined" in rep:
         out.append(line(rep["combined"], "kept" if rep["combined"]["kept"] else "not kept"))
     ch = rep["chosen"]["labels"]
-    out += ["", "Chosen: " + (", ".join(ch) if ch else "the recipe as it stands (no candidate beat it by more "
+    out += ["", "Chosen: " + (", ".join(ch) if ch else "the recipe as it stood (no candidate beat it by more "
                               "than one standard error)") + ".", ""]
     return "\n".join(out)
 
