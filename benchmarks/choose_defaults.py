@@ -80,6 +80,24 @@ def behind(a: dict[str, Any], b: dict[str, Any]) -> float:
     return statistics.fmean(diffs) - se
 
 
+def development_arguments(ap: argparse.ArgumentParser, script: str) -> None:
+    """The options every choice on development people takes; runs under benchmarks/runs/SCRIPT,
+    results in benchmarks/results/SCRIPT.{json,md}."""
+    ap.add_argument("--targets", type=int, default=8, help="development people")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / script)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / script)
+    ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
+
+
+def development_overrides(args: argparse.Namespace, *extra: str) -> list[str]:
+    """Every development run's overrides: the development people, the comparison's quick
+    configuration, then ``extra`` and the command line's."""
+    return [*people(DEV_DATASET_SEED, args.targets, DEV_DATASET_SEED), *configuration(False)["overrides"], *extra,
+            *args.overrides]
+
+
 def name(c: dict[str, float]) -> str:
     return f"steps{int(c['steps'])}-lr{c['lr']:g}-w{c['adv_weight']:g}"
 
@@ -92,16 +110,11 @@ def overrides(c: dict[str, float]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--targets", type=int, default=8, help="development people")
     ap.add_argument("--methods", nargs="*", default=METHODS)
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / "choose_defaults")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "choose_defaults")
-    ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
+    development_arguments(ap, "choose_defaults")
     args = ap.parse_args()
     started = time.perf_counter()
-    dev = [*people(DEV_DATASET_SEED, args.targets, DEV_DATASET_SEED), *configuration(False)["overrides"], *args.overrides]
+    dev = development_overrides(args)
     report: dict[str, Any] = {"date": date.today().isoformat(), "machine": _machine(),
                               "command": "python benchmarks/choose_defaults.py " + " ".join(sys.argv[1:]),
                               "dataset_seed": DEV_DATASET_SEED, "targets": args.targets, "overrides": dev,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,8 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import update_docs  # noqa: E402
-from choose_defaults import behind  # noqa: E402
-from compare import DEV_DATASET_SEED, PROTOCOLS, _machine, configuration, people, run  # noqa: E402
+from choose_defaults import behind, development_arguments, development_overrides  # noqa: E402
+from compare import DEV_DATASET_SEED, PROTOCOLS, _machine, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POSE_WARP = "{name: pose_warp, max_degrees: 30, p: 0.5}"
@@ -79,16 +78,10 @@ def choose(current: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="pose_shift")
-    ap.add_argument("--targets", type=int, default=8, help="development people")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "runs" / "choose_strategies")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "choose_strategies")
-    ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
+    development_arguments(ap, "choose_strategies")
     args = ap.parse_args()
     started = time.perf_counter()
-    dev = [*people(DEV_DATASET_SEED, args.targets, DEV_DATASET_SEED), *configuration(False)["overrides"],
-           *PROTOCOLS[args.protocol], *args.overrides]
+    dev = development_overrides(args, *PROTOCOLS[args.protocol])
     workdir = args.workdir / args.protocol
 
     def evaluate(label: str, ov: list[str]) -> dict[str, Any]:
