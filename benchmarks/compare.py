@@ -56,6 +56,7 @@ LABELS = {
     "pada_shared_norm": "  with shared normalization",
     "target_supervised": "target-supervised (upper bound, uses target labels)",
     "pada_no_pose_warp": "  without the pose_warp augmentation",
+    "dann_pose_warp": "DANN (f_e only) with pose_warp (pose-aware ADA's augmentation)",
 }
 #: row -> the row whose source model it adapts from. Only for rows that differ from that row in
 #: adaptation-time terms alone; every ablation here drops a source-time term (cross terms,
