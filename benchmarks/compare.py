@@ -43,7 +43,8 @@ from facedapt.stats import excludes_zero, paired
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_ROWS = ["source_only", "adabn", "dann", "cdan", "pada", "target_supervised"]
 ABLATIONS = ["pada_no_cross", "pada_no_reconstruction", "pada_no_pose", "pada_no_pose_warp", "pada_shared_norm"]
-BASELINES = ["source_only", "adabn", "dann"]
+#: Rows every other row is compared with, pair by pair, where the table has them.
+BASELINES = ["source_only", "adabn", "dann", "dann_pose_warp"]
 LABELS = {
     "source_only": "source-only",
     "adabn": "AdaBN",
