@@ -209,8 +209,9 @@ class Networks(Method):
 
     def encode_all(self, src: Batch, tgt: Batch | None) -> dict[str, dict[str, torch.Tensor]]:
         """Features of the source batch, the cross-pose partners used (a fraction of the
-        batch), the target batch and its partners where used, in as few forward passes as normalization allows: one
-        over everything with shared statistics, one per domain with per-domain statistics."""
+        batch), the target batch and its partners where used, in as few forward passes as
+        normalization allows: one over everything with shared statistics, one per domain with
+        per-domain statistics."""
         parts: dict[str, tuple[torch.Tensor, str]] = {"source": (src.images, "source")}
         if self.needs_partners and src.partner is not None:
             k = max(1, int(round(len(src.images) * self.partner_fraction)))
