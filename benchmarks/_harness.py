@@ -226,7 +226,9 @@ DOC_SECTIONS = {
     "compare_pose_shift": ("compare-pose_shift.md", ("No pose-shift table yet: run "
                                                      "`python benchmarks/compare.py --protocol pose_shift`.")),
     "choose_defaults": ("choose_defaults.md", "No results yet: run `python benchmarks/choose_defaults.py`."),
-    "choose_strategies": ("choose_strategies.md", "No results yet: run `python benchmarks/choose_strategies.py`."),
+    "choose_strategies": ("choose_strategies.md", "No results yet: run `python benchmarks/choose_strategies.py --round 1`."),
+    "choose_strategies_round2": ("choose_strategies-round2.md",
+                                 "No results yet: run `python benchmarks/choose_strategies.py --round 2`."),
     "main_job": ("main_job.md", "No results yet: run `python benchmarks/main_job.py`."),
     "strategies": ("strategies.md", "No results yet: run `python benchmarks/strategies.py`."),
 }

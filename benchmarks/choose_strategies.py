@@ -12,10 +12,11 @@ the recipe's value only where it beats the current recipe by more than one stand
 paired per-person differences (the best such candidate of a setting wins); differences of a point
 or two are noise at this size. The settings chosen separately are then run together
 (``combined``) and kept only if that run is not behind the current recipe by more than one
-standard error. Writes benchmarks/results/choose_strategies.{json,md}; finished runs are kept under
---workdir and skipped.
+standard error. Candidates come in rounds (``ROUNDS``), each against the recipe the rounds before
+it made. Writes benchmarks/results/choose_strategies.{json,md} (round 1) or
+choose_strategies-roundN.{json,md}; finished runs are kept under --workdir and skipped.
 
-    python benchmarks/choose_strategies.py --jobs 2
+    python benchmarks/choose_strategies.py --round 2 --jobs 2
 """
 
 from __future__ import annotations
@@ -38,31 +39,49 @@ from compare import DEV_DATASET_SEED, PROTOCOLS, _machine, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POSE_WARP = "{name: pose_warp, max_degrees: 30, p: 0.5}"
-#: setting -> candidates (label -> overrides of the pada recipe). The cross terms' weights are
-#: their modes' defaults x0.3 (``means`` 1.0, ``confusion`` 0.1); pose_warp stops at 30 degrees,
-#: where its warp still keeps the face whole (it folds beyond about 38).
-SETTINGS: dict[str, dict[str, list[str]]] = {
-    "cross terms": {
-        "cross_weight 0.3": ["method.cross_weight=0.3"],
-        "cross_mode confusion": ["method.cross_mode=confusion"],
+#: round -> setting -> candidates (label -> overrides of the pada recipe as it stood then).
+#: Round 1 (the recipe before: cross_mode means, rec_weight 0.5, flips only): the cross terms'
+#: weights are their modes' defaults x0.3 (``means`` 1.0, ``confusion`` 0.1); pose_warp stops at
+#: 30 degrees, where its warp still keeps the face whole (it folds beyond about 38).
+#: Round 2 (the recipe round 1 made): the pose branch and the cross terms where the shift is,
+#: on the target's views rather than the source's narrow range.
+ROUNDS: dict[int, dict[str, dict[str, list[str]]]] = {
+    1: {
+        "cross terms": {
+            "cross_weight 0.3": ["method.cross_weight=0.3"],
+            "cross_mode confusion": ["method.cross_mode=confusion"],
+        },
+        "reconstruction": {
+            "rec_weight 0.15": ["method.rec_weight=0.15"],
+            "rec_weight 1.5": ["method.rec_weight=1.5"],
+            "target cross-pose pairs": ["method.target_cross_pose=true"],
+            "target cross-pose pairs, 200 steps": ["method.target_cross_pose=true", "train.steps=200"],
+        },
+        # The control for the row above: the longer adaptation alone.
+        "adaptation steps": {"200 steps": ["train.steps=200"]},
+        "pose_warp": {
+            "pose_warp 30 degrees, p 0.5": [f"data.augment=[{{name: flip, p: 0.5}}, {POSE_WARP}]"],
+        },
     },
-    "reconstruction": {
-        "rec_weight 0.15": ["method.rec_weight=0.15"],
-        "rec_weight 1.5": ["method.rec_weight=1.5"],
-        "target cross-pose pairs": ["method.target_cross_pose=true"],
-        "target cross-pose pairs, 200 steps": ["method.target_cross_pose=true", "train.steps=200"],
-    },
-    # The control for the row above: the longer adaptation alone.
-    "adaptation steps": {"200 steps": ["train.steps=200"]},
-    "pose_warp": {
-        "pose_warp 30 degrees, p 0.5": [f"data.augment=[{{name: flip, p: 0.5}}, {POSE_WARP}]"],
+    2: {
+        "cross terms": {
+            "cross terms on the target": ["method.cross_target=true"],
+            "cross terms on the target, 200 steps": ["method.cross_target=true", "train.steps=200"],
+        },
+        "adaptation steps": {"200 steps": ["train.steps=200"]},
+        "pose discriminator": {
+            "pose discriminator conditioned on the view": ["method.pose_conditional=true"],
+            "no pose discriminator": ["method.adapt_pose_features=false"],
+        },
     },
 }
 
 
-#: Candidates that differ from the current recipe in adaptation-time terms alone: they adapt
-#: from the current recipe's source model (target pairs exist only where a target is at hand).
-ADAPTATION_TIME = {"target cross-pose pairs", "target cross-pose pairs, 200 steps", "200 steps"}
+#: Candidates that differ from the recipe in adaptation-time terms alone: they adapt from the
+#: current recipe's source model (target pairs exist only where a target is at hand).
+ADAPTATION_TIME = {"target cross-pose pairs", "target cross-pose pairs, 200 steps", "200 steps",
+                   "cross terms on the target", "cross terms on the target, 200 steps",
+                   "pose discriminator conditioned on the view", "no pose discriminator"}
 
 
 def slug(label: str) -> str:
@@ -78,11 +97,18 @@ def choose(current: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="pose_shift")
+    ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS),
+                    help="which round of candidates (its results: choose_strategies[-roundN])")
     development_arguments(ap, "choose_strategies")
     args = ap.parse_args()
     started = time.perf_counter()
     dev = development_overrides(args, *PROTOCOLS[args.protocol])
-    workdir = args.workdir / args.protocol
+    settings_of_round = ROUNDS[args.round]
+    suffix = "" if args.round == 1 else f"-round{args.round}"
+    workdir = args.workdir / (args.protocol + suffix)
+    default_out = args.out == ap.get_default("out")
+    if default_out:
+        args.out = args.out.with_name(args.out.name + suffix)
 
     def evaluate(label: str, ov: list[str]) -> dict[str, Any]:
         warm = []
@@ -93,7 +119,7 @@ def main() -> None:
                 "source_accuracy": res.get("source_accuracy"),
                 "per_person": {sid: v["accuracy"] for sid, v in res["per_subject"].items()}}
 
-    flat = [("current", [])] + [(lab, ov) for cands in SETTINGS.values() for lab, ov in cands.items()]
+    flat = [("current", [])] + [(lab, ov) for cands in settings_of_round.values() for lab, ov in cands.items()]
     own = [c for c in flat if c[0] not in ADAPTATION_TIME]
     with ThreadPoolExecutor(args.jobs) as pool:  # the current recipe's source model first
         done = dict(zip([lab for lab, _ in own], pool.map(lambda c: evaluate(*c), own)))
@@ -101,14 +127,14 @@ def main() -> None:
         done.update(zip([lab for lab, _ in warm], pool.map(lambda c: evaluate(*c), warm)))
     cur = done["current"]
     settings = {}
-    for setting, cands in SETTINGS.items():
+    for setting, cands in settings_of_round.items():
         rows = [done[lab] for lab in cands]
         won = choose(cur, rows)
         settings[setting] = {"candidates": rows, "chosen": won["label"] if won else "current"}
     chosen = [done[s["chosen"]] for s in settings.values() if s["chosen"] != "current"]
     report: dict[str, Any] = {"date": date.today().isoformat(), "machine": _machine(),
                               "command": "python benchmarks/choose_strategies.py " + " ".join(sys.argv[1:]),
-                              "protocol": args.protocol, "dataset_seed": DEV_DATASET_SEED, "targets": args.targets,
+                              "round": args.round, "protocol": args.protocol, "dataset_seed": DEV_DATASET_SEED, "targets": args.targets,
                               "overrides": dev, "current": cur, "settings": settings}
     if len(chosen) > 1:  # the separate choices together: kept unless they fall behind the current recipe
         # Named by what it combines: a run directory is reused only for the same combination.
@@ -123,7 +149,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     md = render(report)
     args.out.with_suffix(".md").write_text(md)
-    if args.out == ap.get_default("out"):
+    if default_out:
         update_docs()
     print(md)
 
@@ -137,10 +163,10 @@ def render(rep: dict[str, Any]) -> str:
         d = f"{100 * statistics.fmean(diffs):+.1f} ± {100 * se:.1f}" if c is not cur else "-"
         return f"| {c['label']} | {100 * c['accuracy']:.1f} | {d} | {mark} |"
 
-    out = [f"Strategy settings chosen on development people under the {rep['protocol']} protocol "
+    out = [f"Round {rep.get('round', 1)}: strategy settings chosen on development people under the {rep['protocol']} protocol "
            f"({rep['date']}, {rep['machine']}): dataset seed {rep['dataset_seed']}, {rep['targets']} people, each "
            f"adapted on half its captures and scored on the other half; every candidate its own source model "
-           f"(target cross-pose pairs: the current recipe's, as they act in adaptation only); "
+           f"(those acting in adaptation only adapt from the current recipe's); "
            f"`{rep['command']}` ({rep['seconds'] // 60} min).", "",
            "| candidate | accuracy % | vs current, points ± 1 SE (paired over people) | |", "|---|---|---|---|",
            line(cur, "the recipe before the choice")]

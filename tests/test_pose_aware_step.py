@@ -15,6 +15,7 @@ import pytest
 import torch
 import toy_plugin
 from conftest import assert_same_models, model_state, run_toy, toy_recipe
+from facedapt_plugins.discriminators import ConditionalDiscriminator
 from facedapt_plugins.landmarks import TEMPLATE_5
 from facedapt_plugins.layers import DomainBatchNorm, warmup_lambda
 from facedapt_plugins.methods.pose_aware import PoseAwareADA
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 from facedapt import hookimpl
 from facedapt.data.batches import PartnerTable, gather
 from facedapt.data.samples import Samples
+from facedapt.errors import RecipeError
 from facedapt.engine import trainer
 from facedapt.engine.context import StepContext
 from facedapt.engine.build import build_method
@@ -243,6 +245,71 @@ def test_normalized_cross_input_carries_the_encoders_gradient_through_its_statis
     assert all(_reaches(got[e]) for e in ENCODERS) and not any(_reaches(got[x]) for x in CROSS)
     f = torch.randn(16, 5) * 3 + 1
     torch.testing.assert_close(_cross(method).cross_input(10 * f), _cross(method).cross_input(f), rtol=1e-4, atol=1e-4)
+
+
+def _confusion(logits: torch.Tensor) -> torch.Tensor:
+    return -F.log_softmax(logits, dim=1).mean()
+
+
+def test_cross_target_adds_the_targets_confusion_while_adapting_only(plugins: Plugins, samples: Samples) -> None:
+    method = _method(plugins, samples, "method.cross_mode=confusion", "method.cross_target=true")
+    batch = _batch(samples, method)
+    ctx, _ = _step(method, batch)
+    m = method.models
+    fs = method.encode_all(batch.source, batch.target)
+
+    def confused(f: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (_confusion(m["cross_pose_classifier"](f["expression"]))
+                + _confusion(m["cross_expression_classifier"](f["pose"])))
+
+    weight = _cross(method).weight
+    torch.testing.assert_close(ctx.updates["main"]["cross"], weight * (confused(fs["source"]) + confused(fs["target"])))
+    # the target's share reaches the encoders (through the target's pass), never the cross classifiers
+    target_share = ctx.updates["main"]["cross"] - weight * confused(fs["source"]).detach()
+    got = _grads(target_share, method, (*CROSS, *ENCODERS))
+    assert all(_reaches(got[e]) for e in ENCODERS) and not any(_reaches(got[x]) for x in CROSS)
+    # without a target batch (source phase) the term is the source's alone
+    source_ctx, _ = _step(method, _batch(samples, method, target=False), phase="source")
+    fs_source = method.encode_all(batch.source, None)["source"]
+    torch.testing.assert_close(source_ctx.updates["main"]["cross"], weight * confused(fs_source))
+
+
+def test_cross_target_needs_the_label_free_confusion(plugins: Plugins, samples: Samples) -> None:
+    for mode in ("grl", "means"):
+        with pytest.raises(RecipeError, match="confusion") as err:
+            _method(plugins, samples, f"method.cross_mode={mode}", "method.cross_target=true")
+        assert err.value.key == "method.cross_target"
+
+
+def test_pose_conditional_discriminator_judges_pose_features_with_the_pose_predictions(plugins: Plugins,
+                                                                                       samples: Samples) -> None:
+    method = _method(plugins, samples, "method.pose_conditional=true", "method.max_lambda=0.8",
+                     "model.pose_discriminator={name: conditional, hidden: 32, dropout: 0.0}")
+    m = method.models
+    assert isinstance(m["pose_discriminator"], ConditionalDiscriminator)
+    batch = _batch(samples, method)
+    ctx, _ = _step(method, batch)
+    adversarial = ctx.updates["main"]["adversarial"]
+    fs = method.encode_all(batch.source, batch.target)
+    n = BATCH
+
+    def judged(disc: str, key: str, *cond: torch.Tensor) -> torch.Tensor:
+        out = m[disc](torch.cat([fs["source"][key], fs["target"][key]]), *cond).float()
+        return 0.5 * (F.binary_cross_entropy_with_logits(out[:n], torch.ones(n))
+                      + F.binary_cross_entropy_with_logits(out[n:], torch.zeros(len(out) - n)))
+
+    pose_logits = m["pose_classifier"](torch.cat([fs["source"]["pose"], fs["target"]["pose"]]))
+    reference = method.term(DomainAdversarialTerm).weight * (judged("expression_discriminator", "expression")
+                                                             + judged("pose_discriminator", "pose", pose_logits))
+    torch.testing.assert_close(adversarial, reference)
+    names = ("pose_discriminator", *ENCODERS, "pose_classifier")
+    got, want = _grads(adversarial, method, names), _grads(reference, method, names)
+    lam = warmup_lambda(3 / 10, 0.8, 10.0)
+    _assert_scaled(got["pose_discriminator"], want["pose_discriminator"], 1.0)
+    for e in ENCODERS:
+        _assert_scaled(got[e], want[e], -lam)
+    # the predictions tell D_p which view; they are not a path for the pose classifier (as in CDAN)
+    assert not _reaches(got["pose_classifier"])
 
 
 # ----------------------------------------------------------------------------- reconstruction

@@ -43,6 +43,7 @@ class PoseAwareADA(Networks):
         entropy_conditioning: bool = False,
         max_lambda: float = 1.0,
         warmup_gamma: float = 10.0,
+        pose_conditional: bool = False,
         target_entropy_weight: float = 0.0,
         cross_adversarial: bool = True,
         cross_mode: Literal["confusion", "grl", "means"] = "means",
@@ -51,6 +52,7 @@ class PoseAwareADA(Networks):
         cross_inner_steps: int = 1,
         cross_hidden: int = 0,
         cross_normalize: bool = False,
+        cross_target: bool = False,
         probe_every: int = 100,
         reconstruction: bool = True,
         rec_weight: float = 0.5,
@@ -68,9 +70,11 @@ class PoseAwareADA(Networks):
         # Every term is made from the recipe (so a bad value fails whatever the switches); those
         # switched on compose the method. Terms that read f_p are off without the pose branch.
         adversarial_term = DomainAdversarialTerm(adv_weight, adversarial, adapt_pose_features, joint_discriminator,
-                                                 conditional, entropy_conditioning, max_lambda, warmup_gamma)
+                                                 conditional, entropy_conditioning, max_lambda, warmup_gamma,
+                                                 pose_conditional)
         entropy_term = TargetEntropyTerm(target_entropy_weight)
-        cross = CrossTerm(cross_mode, cross_weight, cross_lr, cross_inner_steps, cross_hidden, cross_normalize)
+        cross = CrossTerm(cross_mode, cross_weight, cross_lr, cross_inner_steps, cross_hidden, cross_normalize,
+                          cross_target)
         rec = ReconstructionTerm(rec_weight, identity_code, identity_dim, cross_pose, partner_fraction, rec_size,
                                  target_cross_pose)
         switched: list[tuple[Term, bool]] = [

@@ -104,11 +104,14 @@ class DomainAdversarialTerm(Term):
     discriminators with flipped labels, then the discriminators update on detached features).
     ``conditional``: the discriminator of f_e also sees the expression predictions (CDAN; with
     ``entropy_conditioning``, CDAN+E); ``joint``: one discriminator on [f_e, f_p];
-    ``pose_features``: a second discriminator on f_p (where the method has a pose branch)."""
+    ``pose_features``: a second discriminator on f_p (where the method has a pose branch), with
+    ``pose_conditional`` conditioned on the pose classifier's predictions, so that it aligns
+    f_p within each predicted view rather than the two domains' distributions of views (which
+    differ under pose shift)."""
 
     def __init__(self, weight: float, adversarial: Literal["grl", "alternating"] = "grl", pose_features: bool = True,
                  joint: bool = False, conditional: bool = False, entropy_conditioning: bool = False,
-                 max_lambda: float = 1.0, warmup_gamma: float = 10.0) -> None:
+                 max_lambda: float = 1.0, warmup_gamma: float = 10.0, pose_conditional: bool = False) -> None:
         choice("adversarial", adversarial, ("grl", "alternating"))
         non_negative(adv_weight=weight)
         if conditional and joint:
@@ -116,7 +119,7 @@ class DomainAdversarialTerm(Term):
                               key="method.joint_discriminator")
         self.weight, self.adversarial, self.pose_features = weight, adversarial, pose_features
         self.joint, self.conditional, self.entropy_conditioning = joint, conditional, entropy_conditioning
-        self.max_lambda, self.warmup_gamma = max_lambda, warmup_gamma
+        self.max_lambda, self.warmup_gamma, self.pose_conditional = max_lambda, warmup_gamma, pose_conditional
         self.dom = DomainAdversarial()
 
     def build(self, net: Networks, ctx: Any) -> dict[str, nn.Module]:
@@ -131,7 +134,10 @@ class DomainAdversarialTerm(Term):
         else:
             m["expression_discriminator"] = ctx.build("expression_discriminator", "mlp", in_features=net.feature_dim)
         if net.pose_branch and self.pose_features and not self.joint:
-            m["pose_discriminator"] = ctx.build("pose_discriminator", "mlp", in_features=net.pose_feature_dim)
+            m["pose_discriminator"] = (
+                ctx.build("pose_discriminator", "conditional", in_features=net.pose_feature_dim,
+                          num_classes=ctx.num_pose_bins) if self.pose_conditional
+                else ctx.build("pose_discriminator", "mlp", in_features=net.pose_feature_dim))
         m["grl"] = GradientReversalLayer(self.max_lambda, self.warmup_gamma, max_steps=1, auto_step=False)
         self.names = [n for n in ("expression_discriminator", "pose_discriminator") if n in m]
         return m
@@ -196,7 +202,11 @@ class DomainAdversarialTerm(Term):
         else:
             loss = judge(m["expression_discriminator"], f_s["expression"], f_t["expression"])
         if "pose_discriminator" in m:
-            loss = loss + judge(m["pose_discriminator"], f_s["pose"], f_t["pose"])
+            cond = []
+            if self.pose_conditional:
+                pose_logits = m["pose_classifier"](torch.cat([f_s["pose"], f_t["pose"]]))
+                cond = [m["grl"](pose_logits) if reverse else pose_logits]
+            loss = loss + judge(m["pose_discriminator"], f_s["pose"], f_t["pose"], *cond)
         return loss
 
 
@@ -220,11 +230,17 @@ class CrossTerm(Term):
     steps of their own (``inner_steps`` updates per step at ``lr``, on detached features) and
     the encoders learn against them: ``confusion`` (push X's predictions toward uniform), ``grl``
     (the reversed gradient of X's cross-entropy), or ``means`` (pull the class means together:
-    the correlation ratio, which leaves a linear probe nothing to separate by)."""
+    the correlation ratio, which leaves a linear probe nothing to separate by). With ``target``
+    the confusion acts on the target's features too while adapting (no labels needed): under
+    pose shift the views the source lacks are the target's."""
 
     def __init__(self, mode: Literal["confusion", "grl", "means"] = "means", weight: float | None = None,
-                 lr: float | None = None, inner_steps: int = 1, hidden: int = 0, normalize: bool = False) -> None:
+                 lr: float | None = None, inner_steps: int = 1, hidden: int = 0, normalize: bool = False,
+                 target: bool = False) -> None:
         choice("cross_mode", mode, ("confusion", "grl", "means"))
+        if target and mode != "confusion":
+            raise RecipeError(f"needs cross_mode confusion (the target has no labels), not {mode!r}",
+                              key="method.cross_target")
         if inner_steps < 1:
             raise RecipeError(f"must be at least 1, got {inner_steps}", key="method.cross_inner_steps")
         if lr is not None and lr <= 0:
@@ -234,7 +250,7 @@ class CrossTerm(Term):
             weight = CROSS_WEIGHTS[mode]
         non_negative(cross_weight=weight)
         self.mode, self.weight, self.lr, self.inner_steps = mode, weight, lr, inner_steps
-        self.hidden, self.normalize = hidden, normalize
+        self.hidden, self.normalize, self.target = hidden, normalize, target
         self.confusion = Confusion()
 
     def build(self, net: Networks, ctx: Any) -> dict[str, nn.Module]:
@@ -254,7 +270,10 @@ class CrossTerm(Term):
         return {"cross_classifiers": self.train_classifiers(net, features["source"], source, ctx)}
 
     def losses(self, net: Networks, state: StepState) -> dict[str, torch.Tensor]:
-        return {"cross": self.weight * self.encoder_loss(net, state.f_s, state.source)}
+        loss = self.encoder_loss(net, state.f_s, state.source)
+        if self.target and state.adapting and state.f_t is not None:
+            loss = loss + self.confusion_loss(net, state.f_t)
+        return {"cross": self.weight * loss}
 
     def cross_input(self, f: torch.Tensor) -> torch.Tensor:
         """What a cross classifier reads: with ``normalize`` each feature standardized over the
@@ -276,15 +295,21 @@ class CrossTerm(Term):
             if src.pose_bin is not None:
                 share = share + between_class_share(f["expression"], src.pose_bin, net.num_pose_bins)
             return share
+        if self.mode == "confusion":
+            return self.confusion_loss(net, f)
         m = net.models
         xp, xe = m["cross_pose_classifier"], m["cross_expression_classifier"]
         with _no_param_grad(xp, xe):
-            if self.mode == "confusion":  # push predictions toward uniform
-                return (self.confusion(xp(self.cross_input(f["expression"])).float())
-                        + self.confusion(xe(self.cross_input(f["pose"])).float()))
             # grl: the encoders receive the reversed gradient of the classifiers' cross-entropy.
             return self.classifier_loss(net, xp(self.cross_input(grad_reverse(f["expression"]))),
                                         xe(self.cross_input(grad_reverse(f["pose"]))), src)
+
+    def confusion_loss(self, net: Networks, f: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The cross classifiers' predictions pushed toward uniform (no labels read)."""
+        xp, xe = net.models["cross_pose_classifier"], net.models["cross_expression_classifier"]
+        with _no_param_grad(xp, xe):
+            return (self.confusion(xp(self.cross_input(f["expression"])).float())
+                    + self.confusion(xe(self.cross_input(f["pose"])).float()))
 
     def train_classifiers(self, net: Networks, f: dict[str, torch.Tensor], src: Batch, ctx: Any) -> torch.Tensor:
         """``inner_steps`` updates of the cross classifiers on the batch's detached features, at
