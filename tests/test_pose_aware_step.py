@@ -210,7 +210,7 @@ def test_confusion_reaches_the_encoders_but_not_the_cross_classifiers(mode: str,
 
 def test_cross_grl_classifiers_learn_and_encoders_get_the_reversed_gradient(plugins: Plugins,
                                                                             samples: Samples) -> None:
-    method = _method(plugins, samples, "method.cross_mode=grl")
+    method = _method(plugins, samples, "method.cross_mode=grl", "method.cross_target=false")  # the source's share
     batch = _batch(samples, method)
     ctx, _ = _step(method, batch)
     m, src = method.models, batch.source
@@ -251,34 +251,28 @@ def _confusion(logits: torch.Tensor) -> torch.Tensor:
     return -F.log_softmax(logits, dim=1).mean()
 
 
-def test_cross_target_adds_the_targets_confusion_while_adapting_only(plugins: Plugins, samples: Samples) -> None:
-    method = _method(plugins, samples, "method.cross_mode=confusion", "method.cross_target=true")
+@pytest.mark.parametrize("mode", ["confusion", "grl", "means"])
+def test_cross_target_adds_the_targets_confusion_while_adapting_only(mode: str, plugins: Plugins,
+                                                                     samples: Samples) -> None:
+    """The target's share is the confusion whatever the mode: it is the form that reads no label."""
+    method = _method(plugins, samples, f"method.cross_mode={mode}", "method.cross_target=true")
+    reference = _method(plugins, samples, f"method.cross_mode={mode}", "method.cross_target=false")
     batch = _batch(samples, method)
     ctx, _ = _step(method, batch)
+    without, _ = _step(reference, batch)
     m = method.models
-    fs = method.encode_all(batch.source, batch.target)
-
-    def confused(f: dict[str, torch.Tensor]) -> torch.Tensor:
-        return (_confusion(m["cross_pose_classifier"](f["expression"]))
-                + _confusion(m["cross_expression_classifier"](f["pose"])))
-
-    weight = _cross(method).weight
-    torch.testing.assert_close(ctx.updates["main"]["cross"], weight * (confused(fs["source"]) + confused(fs["target"])))
-    # the target's share reaches the encoders (through the target's pass), never the cross classifiers
-    target_share = ctx.updates["main"]["cross"] - weight * confused(fs["source"]).detach()
+    f_t = method.encode_all(batch.source, batch.target)["target"]
+    target_share = ctx.updates["main"]["cross"] - without.updates["main"]["cross"].detach()
+    confused = (_confusion(m["cross_pose_classifier"](f_t["expression"]))
+                + _confusion(m["cross_expression_classifier"](f_t["pose"])))
+    torch.testing.assert_close(target_share, _cross(method).weight * confused)
+    # it reaches the encoders (through the target's pass), never the cross classifiers
     got = _grads(target_share, method, (*CROSS, *ENCODERS))
     assert all(_reaches(got[e]) for e in ENCODERS) and not any(_reaches(got[x]) for x in CROSS)
     # without a target batch (source phase) the term is the source's alone
-    source_ctx, _ = _step(method, _batch(samples, method, target=False), phase="source")
-    fs_source = method.encode_all(batch.source, None)["source"]
-    torch.testing.assert_close(source_ctx.updates["main"]["cross"], weight * confused(fs_source))
-
-
-def test_cross_target_needs_the_label_free_confusion(plugins: Plugins, samples: Samples) -> None:
-    for mode in ("grl", "means"):
-        with pytest.raises(RecipeError, match="confusion") as err:
-            _method(plugins, samples, f"method.cross_mode={mode}", "method.cross_target=true")
-        assert err.value.key == "method.cross_target"
+    source_batch = _batch(samples, method, target=False)
+    torch.testing.assert_close(_step(method, source_batch, phase="source")[0].updates["main"]["cross"],
+                               _step(reference, source_batch, phase="source")[0].updates["main"]["cross"])
 
 
 def test_pose_conditional_discriminator_judges_pose_features_with_the_pose_predictions(plugins: Plugins,

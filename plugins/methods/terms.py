@@ -231,16 +231,13 @@ class CrossTerm(Term):
     the encoders learn against them: ``confusion`` (push X's predictions toward uniform), ``grl``
     (the reversed gradient of X's cross-entropy), or ``means`` (pull the class means together:
     the correlation ratio, which leaves a linear probe nothing to separate by). With ``target``
-    the confusion acts on the target's features too while adapting (no labels needed): under
-    pose shift the views the source lacks are the target's."""
+    the confusion acts on the target's features too while adapting, whatever the mode (it is
+    the form that reads no label): under pose shift the views the source lacks are the target's."""
 
     def __init__(self, mode: Literal["confusion", "grl", "means"] = "means", weight: float | None = None,
                  lr: float | None = None, inner_steps: int = 1, hidden: int = 0, normalize: bool = False,
                  target: bool = False) -> None:
         choice("cross_mode", mode, ("confusion", "grl", "means"))
-        if target and mode != "confusion":
-            raise RecipeError(f"needs cross_mode confusion (the target has no labels), not {mode!r}",
-                              key="method.cross_target")
         if inner_steps < 1:
             raise RecipeError(f"must be at least 1, got {inner_steps}", key="method.cross_inner_steps")
         if lr is not None and lr <= 0:
