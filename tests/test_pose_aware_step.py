@@ -26,7 +26,6 @@ from torch.nn import functional as F
 from facedapt import hookimpl
 from facedapt.data.batches import PartnerTable, gather
 from facedapt.data.samples import Samples
-from facedapt.errors import RecipeError
 from facedapt.engine import trainer
 from facedapt.engine.context import StepContext
 from facedapt.engine.build import build_method
