@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from facedapt import hookimpl
 from facedapt.data.batches import PartnerTable, gather
 from facedapt.data.samples import Samples
+from facedapt.errors import RecipeError
 from facedapt.engine import trainer
 from facedapt.engine.context import StepContext
 from facedapt.engine.build import build_method
@@ -654,3 +655,9 @@ def test_methods_are_compositions_of_terms(method: str, overrides: tuple[str, ..
     if method in ("dann", "cdan"):
         assert adversarial is not None and adversarial.conditional == (method == "cdan")
         assert set(m.models) >= {"expression_discriminator", "grl"} and "pose_discriminator" not in m.models
+
+
+def test_a_component_that_cannot_take_what_the_method_passes_is_named(plugins: Plugins, samples: Samples) -> None:
+    with pytest.raises(RecipeError, match="'mlp' does not take 'num_classes'") as err:
+        _method(plugins, samples, "method.pose_conditional=true", "model.pose_discriminator={name: mlp}")
+    assert err.value.key == "model.pose_discriminator"

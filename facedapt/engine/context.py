@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -39,10 +40,26 @@ class BuildContext:
             comp = default if isinstance(default, Component) else Component(default)
         family = self.roles[role]
         factory = self.plugins.registry(family).get(comp.name)
+        _check_provided(factory, comp.name, family, role, provided)
         return factory(**{**provided, **comp.kwargs})
 
     def has(self, role: str) -> bool:
         return role in self.model
+
+
+def _check_provided(factory: Callable[..., Any], name: str, family: str, role: str, provided: dict[str, Any]) -> None:
+    """A recipe may name a component that cannot take what the method passes this role (an
+    ``mlp`` discriminator where the method conditions on predictions): say so, naming the key."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [k for k in provided if k not in params]
+    if missing:
+        raise RecipeError(f"{name!r} does not take {', '.join(map(repr, missing))}, which the method passes to this "
+                          f"role; name {family} that do (`facedapt plugins`)", key=f"model.{role}")
 
 
 class StepContext:
