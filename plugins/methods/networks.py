@@ -212,15 +212,17 @@ class Networks(Method):
         batch), the target batch and its partners where used, in as few forward passes as
         normalization allows: one over everything with shared statistics, one per domain with
         per-domain statistics."""
+        def share(batch: Batch) -> torch.Tensor:  # the partners used: a fraction of the batch
+            assert batch.partner is not None
+            return batch.partner.images[:max(1, int(round(len(batch.images) * self.partner_fraction)))]
+
         parts: dict[str, tuple[torch.Tensor, str]] = {"source": (src.images, "source")}
         if self.needs_partners and src.partner is not None:
-            k = max(1, int(round(len(src.images) * self.partner_fraction)))
-            parts["partner"] = (src.partner.images[:k], "source")
+            parts["partner"] = (share(src), "source")
         if tgt is not None:
             parts["target"] = (tgt.images, "target")
             if self.needs_target_partners and tgt.partner is not None:
-                k = max(1, int(round(len(tgt.images) * self.partner_fraction)))
-                parts["target_partner"] = (tgt.partner.images[:k], "target")
+                parts["target_partner"] = (share(tgt), "target")
         groups = [list(parts)] if self.norm == "shared" else [[n for n in parts if parts[n][1] == d] for d in ("source", "target")]
         out: dict[str, dict[str, torch.Tensor]] = {}
         for names in filter(None, groups):
