@@ -229,6 +229,8 @@ DOC_SECTIONS = {
     "choose_strategies": ("choose_strategies.md", "No results yet: run `python benchmarks/choose_strategies.py --round 1`."),
     "choose_strategies_round2": ("choose_strategies-round2.md",
                                  "No results yet: run `python benchmarks/choose_strategies.py --round 2`."),
+    "choose_strategies_round3": ("choose_strategies-round3.md",
+                                 "No results yet: run `python benchmarks/choose_strategies.py --round 3`."),
     "main_job": ("main_job.md", "No results yet: run `python benchmarks/main_job.py`."),
     "strategies": ("strategies.md", "No results yet: run `python benchmarks/strategies.py`."),
 }

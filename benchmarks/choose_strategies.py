@@ -10,7 +10,9 @@ frontal, target people at every view).
 One setting at a time, each against the recipe as it stands (``current``): a candidate replaces
 the recipe's value only where it beats the current recipe by more than one standard error of the
 paired per-person differences (the best such candidate of a setting wins); differences of a point
-or two are noise at this size. The settings chosen separately are then run together
+or two are noise at this size. Settings chosen for cost (``CHEAPER``) take their cheapest
+candidate not behind the current recipe by more than one standard error; settings chosen for
+disentanglement (``DISENTANGLING``) one not behind it whose fresh probe reads less pose from f_e. The settings chosen separately are then run together
 (``combined``) and kept only if that run is not behind the current recipe by more than one
 standard error. Candidates come in rounds (``ROUNDS``), each against the recipe the rounds before
 it made. Writes benchmarks/results/choose_strategies.{json,md} (round 1) or
@@ -45,6 +47,9 @@ POSE_WARP = "{name: pose_warp, max_degrees: 30, p: 0.5}"
 #: 30 degrees, where its warp still keeps the face whole (it folds beyond about 38).
 #: Round 2 (the recipe round 1 made): the pose branch and the cross terms where the shift is,
 #: on the target's views rather than the source's narrow range.
+#: Round 3 (the recipe round 2 made: 200 adaptation steps at lr 1e-4): the same adaptation budget
+#: (steps x learning rate) in fewer steps, for a shorter job; and the pose encoder on a backbone of
+#: its own, which keeps the pose supervision out of the features f_e is read from.
 ROUNDS: dict[int, dict[str, dict[str, list[str]]]] = {
     1: {
         "cross terms": {
@@ -74,24 +79,52 @@ ROUNDS: dict[int, dict[str, dict[str, list[str]]]] = {
             "no pose discriminator": ["method.adapt_pose_features=false"],
         },
     },
+    3: {
+        "adaptation schedule": {  # cheapest first
+            "50 steps, adaptation lr 4e-4": ["train.steps=50", "train.adapt_optimizer.lr=0.0004"],
+            "100 steps, adaptation lr 2e-4": ["train.steps=100", "train.adapt_optimizer.lr=0.0002"],
+        },
+        "pose backbone": {"own pose backbone": ["method.shared_trunk=false"]},
+    },
 }
+
+#: Settings chosen for cost: the first (cheapest) candidate not behind the current recipe by more
+#: than one standard error wins.
+CHEAPER = {"adaptation schedule"}
+#: Settings chosen for disentanglement: a candidate wins where it is not behind the current recipe
+#: by more than one standard error and a fresh probe on held-out people reads less pose from f_e.
+DISENTANGLING = {"pose backbone"}
 
 
 #: Candidates that differ from the recipe in adaptation-time terms alone: they adapt from the
 #: current recipe's source model (target pairs exist only where a target is at hand).
 ADAPTATION_TIME = {"target cross-pose pairs", "target cross-pose pairs, 200 steps", "200 steps",
                    "cross terms on the target", "cross terms on the target, 200 steps",
-                   "pose discriminator conditioned on the view", "no pose discriminator"}
+                   "pose discriminator conditioned on the view", "no pose discriminator",
+                   "50 steps, adaptation lr 4e-4", "100 steps, adaptation lr 2e-4"}
 
 
 def slug(label: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in label).strip("-").replace("--", "-")
 
 
-def choose(current: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best candidate that beats ``current`` by more than one standard error, else None."""
+def choose(current: dict[str, Any], candidates: list[dict[str, Any]], rule: str = "better") -> dict[str, Any] | None:
+    """The candidate the setting's rule picks, else None. ``better``: the most accurate that beats
+    ``current`` by more than one standard error; ``cheaper`` (candidates cheapest first): the first
+    not behind ``current`` by more than one; ``disentangling``: of those not behind, the one whose
+    probe reads least pose from f_e, if less than from ``current``'s."""
+    if rule == "cheaper":
+        return next((c for c in candidates if behind(current, c) <= 0), None)
+    if rule == "disentangling":
+        ok = [c for c in candidates if behind(current, c) <= 0
+              and c["pose_from_expression"] < current["pose_from_expression"]]
+        return min(ok, key=lambda c: c["pose_from_expression"]) if ok else None
     better = [c for c in candidates if behind(c, current) > 0]
     return max(better, key=lambda c: c["accuracy"]) if better else None
+
+
+def rule_of(setting: str) -> str:
+    return "cheaper" if setting in CHEAPER else "disentangling" if setting in DISENTANGLING else "better"
 
 
 def main() -> None:
@@ -117,6 +150,7 @@ def main() -> None:
         res = run("pada", workdir / slug(label), [*dev, *ov, *warm], args.threads)
         return {"label": label, "overrides": ov, "accuracy": res["target_accuracy"],
                 "source_accuracy": res.get("source_accuracy"),
+                "pose_from_expression": res.get("leakage", {}).get("pose_from_expression"),
                 "per_person": {sid: v["accuracy"] for sid, v in res["per_subject"].items()}}
 
     flat = [("current", [])] + [(lab, ov) for cands in settings_of_round.values() for lab, ov in cands.items()]
@@ -129,8 +163,8 @@ def main() -> None:
     settings = {}
     for setting, cands in settings_of_round.items():
         rows = [done[lab] for lab in cands]
-        won = choose(cur, rows)
-        settings[setting] = {"candidates": rows, "chosen": won["label"] if won else "current"}
+        won = choose(cur, rows, rule_of(setting))
+        settings[setting] = {"candidates": rows, "rule": rule_of(setting), "chosen": won["label"] if won else "current"}
     chosen = [done[s["chosen"]] for s in settings.values() if s["chosen"] != "current"]
     report: dict[str, Any] = {"date": date.today().isoformat(), "machine": _machine(),
                               "command": "python benchmarks/choose_strategies.py " + " ".join(sys.argv[1:]),
@@ -161,14 +195,16 @@ def render(rep: dict[str, Any]) -> str:
         diffs = [c["per_person"][k] - cur["per_person"][k] for k in cur["per_person"]]
         se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
         d = f"{100 * statistics.fmean(diffs):+.1f} ± {100 * se:.1f}" if c is not cur else "-"
-        return f"| {c['label']} | {100 * c['accuracy']:.1f} | {d} | {mark} |"
+        probe = c.get("pose_from_expression")
+        return f"| {c['label']} | {100 * c['accuracy']:.1f} | {d} | {'-' if probe is None else f'{100 * probe:.1f}'} | {mark} |"
 
     out = [f"Round {rep.get('round', 1)}: strategy settings chosen on development people under the {rep['protocol']} protocol "
            f"({rep['date']}, {rep['machine']}): dataset seed {rep['dataset_seed']}, {rep['targets']} people, each "
            f"adapted on half its captures and scored on the other half; every candidate its own source model "
            f"(those acting in adaptation only adapt from the current recipe's); "
            f"`{rep['command']}` ({rep['seconds'] // 60} min).", "",
-           "| candidate | accuracy % | vs current, points ± 1 SE (paired over people) | |", "|---|---|---|---|",
+           "| candidate | accuracy % | vs current, points ± 1 SE (paired over people) | pose from f_e, probe % | |",
+           "|---|---|---|---|---|",
            line(cur, "the recipe before the choice")]
     for setting, s in rep["settings"].items():
         for c in s["candidates"]:

@@ -102,3 +102,21 @@ def test_strategy_choice_needs_more_than_one_standard_error_over_the_current_rec
     assert choose(current, [noisy, steady])["label"] == "steady"
     assert choose(current, [steady, bigger, noisy])["label"] == "bigger"
     assert choose(current, [cand("worse", [-0.02, -0.03, -0.02, -0.03])]) is None
+
+
+def test_cost_and_disentanglement_choices_keep_accuracy_within_one_standard_error() -> None:
+    choose = benchmark_module("choose_strategies").choose
+
+    def cand(label: str, gains: list[float], probe: float = 0.5) -> dict:
+        return {"label": label, "accuracy": 0.5 + sum(gains) / len(gains), "pose_from_expression": probe,
+                "per_person": {f"S{i}": 0.5 + g for i, g in enumerate(gains)}}
+
+    current = cand("current", [0.0] * 4)
+    worse = cand("50 steps", [-0.02, -0.03, -0.02, -0.03])  # -2.5 points, SE 0.3: behind
+    level = cand("100 steps", [0.01, -0.01, 0.02, -0.01])  # within noise
+    assert choose(current, [worse, level], "cheaper")["label"] == "100 steps"
+    assert choose(current, [worse], "cheaper") is None
+    assert choose(current, [level, worse], "cheaper")["label"] == "100 steps"
+    assert choose(current, [cand("own trunk", [0.01, -0.01, 0.02, -0.01], probe=0.3)], "disentangling")["label"] == "own trunk"
+    assert choose(current, [cand("leaky", [0.01, -0.01, 0.02, -0.01], probe=0.6)], "disentangling") is None
+    assert choose(current, [cand("costly", [-0.02, -0.03, -0.02, -0.03], probe=0.1)], "disentangling") is None
