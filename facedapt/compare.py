@@ -126,6 +126,8 @@ def summarize_group(results: Sequence[dict[str, Any]], baseline: dict[str, float
         "per_subject": per_subject,
         "per_yaw": {y: _mean(r["per_yaw"][y] for r in results if y in r.get("per_yaw", {})) for y in yaws},
         "leakage": {k: _mean(r["leakage"][k] for r in results if k in (r.get("leakage") or {})) for k in leak_keys},
+        "leakage_chance": {k: _mean(r["leakage_chance"][k] for r in results if k in (r.get("leakage_chance") or {}))
+                           for k in leak_keys if any(k in (r.get("leakage_chance") or {}) for r in results)},
         "adapt_seconds_per_subject": _mean(adapt),
     }
     for m in METRICS:

@@ -146,6 +146,33 @@ def test_benchmark_table_comes_from_the_library() -> None:
     assert f"{100 * mean:.1f} ± {100 * std:.1f}" in text and "vs source-only" in text
 
 
+def test_benchmark_goal_checks_each_strategy_and_the_probe() -> None:
+    bench = benchmark_module("compare")
+    people = {f"P{i}": 0.6 + 0.01 * i for i in range(6)}
+
+    def runs(shift: float, probe: float, jitter: float = 0.0) -> list[dict]:
+        out = []
+        for seed in (0, 1):
+            r = result("x", seed, {k: v + shift + (jitter if i % 2 else -jitter) for i, (k, v) in enumerate(people.items())})
+            r["leakage"], r["leakage_chance"] = {"pose_from_expression": probe}, {"pose_from_expression": 0.2}
+            out.append(r)
+        return out
+
+    # The cross terms: +5 points every time and pose halved towards chance (0.5 -> 0.3, bar 0.35);
+    # reconstruction: +1 point on average, but as often behind as ahead.
+    results = {"pada": runs(0.05, 0.3), "pada_no_cross": runs(0.0, 0.5),
+               "pada_no_reconstruction": runs(0.04, 0.3, jitter=0.05)}
+    g = bench.summarize(results, 6, [0, 1], [], 1.0)["goal"]
+    assert g["strategies"]["pada_no_cross"]["met"] and not g["strategies"]["pada_no_reconstruction"]["met"]
+    assert g["probe"]["bar"] == pytest.approx(0.35) and g["probe"]["met"]
+    results["pada"] = runs(0.05, 0.4)  # pose only a quarter of the way to chance
+    report = bench.summarize(results, 6, [0, 1], [], 1.0)
+    assert not report["goal"]["probe"]["met"]
+    assert "cross-adversarial terms" in bench.render(report) and "goal at most 35.0%" in bench.render(report)
+    results["pada"] = runs(-0.05, 0.3)  # the probe's goal reached at a cost in accuracy
+    assert not bench.summarize(results, 6, [0, 1], [], 1.0)["goal"]["probe"]["met"]
+
+
 def test_benchmark_baseline_trains_its_own_source_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each row of the benchmark is a run of its own recipe: a baseline's source model is its
     own (trained by that recipe, never loaded from the pose-aware run)."""

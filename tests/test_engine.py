@@ -90,6 +90,9 @@ def test_run_directory_contents(done: tuple[Path, dict]) -> None:
         assert {"accuracy", "uar", "macro_f1", "n"} <= set(v) and 0 <= v["accuracy"] <= 1 and v["n"] == 18
     assert set(results["per_yaw"]) == {"-30", "0", "30"}
     assert set(results["leakage"]) == {"pose_from_expression", "expression_from_pose"}
+    # Chance for each probe: the commonest label's share of the probe's images (three views here)
+    assert set(results["leakage_chance"]) == {"pose_from_expression", "expression_from_pose"}
+    assert 1 / 3 <= results["leakage_chance"]["pose_from_expression"] < 0.6
     assert sum(map(sum, results["confusion"])) == 36
     assert {"data", "source", "adapt", "total"} <= set(results["timing"])
     env = json.loads((run_dir / "environment.json").read_text())

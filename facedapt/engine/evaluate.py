@@ -108,6 +108,21 @@ def leakage(out: dict[str, torch.Tensor], domain: Domain, steps: int, seed: int)
     return {k: v for k, v in result.items() if not math.isnan(v)}
 
 
+def leakage_chance(domain: Domain) -> dict[str, float]:
+    """What each ``leakage`` probe scores by always answering the commonest label of its images:
+    its chance level (1/5 for pose where the source is seen only within 30 degrees of frontal)."""
+    s = domain.samples
+    labels = {"expression_from_pose": s.expression[domain.indices]}
+    if s.has_pose:
+        labels["pose_from_expression"] = s.pose_bin[domain.indices]
+    out = {}
+    for key, y in labels.items():
+        y = y[y >= 0]
+        if len(y):
+            out[key] = float(torch.bincount(y).max()) / len(y)
+    return out
+
+
 def fresh_probes(method: Method, domain: Domain, device: torch.device, batch_size: int, autocast: Any, steps: int,
                  seed: int) -> dict[str, float]:
     """``leakage`` of the method as it is now (the probe a method may call during training)."""

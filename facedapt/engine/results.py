@@ -49,6 +49,7 @@ def aggregate(per_subject: dict[str, dict], r: Recipe, precision: str, num_class
     sv = [v["source_val_accuracy"] for v in per_subject.values() if "source_val_accuracy" in v]
     results["source_val_accuracy"] = statistics.fmean(sv) if sv else None
     results["leakage"] = _mean_per_key(per_subject, "leakage")
+    results["leakage_chance"] = _mean_per_key(per_subject, "leakage_chance")
     # The method's own cross classifiers on the same held-out images (cross-entropy, mean over
     # targets), and the fresh probes logged during training (source phase, then each target's).
     results["cross_classifier_ce"] = _mean_per_key(per_subject, "cross_classifier_ce")

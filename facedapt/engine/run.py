@@ -32,6 +32,7 @@ from facedapt.engine.evaluate import (
     cross_classifier_ce,
     fresh_probes,
     leakage,
+    leakage_chance,
     predict_domain,
     predictions_with_features,
     score,
@@ -259,6 +260,7 @@ class Runner:
                 res["source_val_accuracy"] = float((sv["pred"] == true).float().mean())
             if r.eval.leakage_probe:
                 res["leakage"] = leakage(sv, probe_dom, r.eval.probe_steps, seed_of(r.seed, "probe"))
+                res["leakage_chance"] = leakage_chance(probe_dom)
                 res["cross_classifier_ce"] = cross_classifier_ce(method, sv, probe_dom, self.device)
         res["training_probe"] = method.take_probe_log()
         if main:
