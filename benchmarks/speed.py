@@ -68,6 +68,7 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "pada shared norm": ("pada", ["method.norm=shared", "method.adabn=false"]),
     "pada joint discriminator": ("pada", ["method.joint_discriminator=true"]),
     "pada alternating updates": ("pada", ["method.adversarial=alternating"]),
+    "pada shared trunk": ("pada", ["method.shared_trunk=true"]),
     # Not a method switch: the optimizer's multi-tensor path (CPU Adam defaults to a per-tensor loop).
     "dann, Adam foreach": ("dann", ["train.adapt_optimizer={name: torch.optim.Adam, lr: 0.0001, foreach: true}"]),
     "pada, Adam foreach": ("pada", ["train.adapt_optimizer={name: torch.optim.Adam, lr: 0.0001, foreach: true}"]),
