@@ -35,7 +35,7 @@ TOLERANCE = 1e-5
 #: The toy recipe with pada's whole graph (GRL, discriminators, cross terms, reconstruction)
 #: and no normalization that depends on the per-rank batch.
 DDP = (*TOY, "method={name: pada, partner_fraction: 1.0}", "data.target_subjects=[T00]",
-       "model.backbone={name: convnet, width: 8, norm: none}",
+       "model.backbone={name: convnet, width: 8, norm: none}", "model.pose_backbone={name: convnet, width: 8, norm: none}",
        "model.expression_encoder={name: mlp, norm: none}", "model.pose_encoder={name: mlp, norm: none}",
        "model.expression_discriminator={name: mlp, norm: none, dropout: 0.0}",
        "model.pose_discriminator={name: mlp, norm: none, dropout: 0.0}",

@@ -37,7 +37,8 @@ from facedapt.recipe.load import load_recipe
 from facedapt.recipe.schema import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-ENCODERS = ("backbone", "expression_encoder", "pose_encoder")
+#: The recipe gives the pose encoder a backbone of its own (``shared_trunk: false``).
+ENCODERS = ("backbone", "pose_backbone", "expression_encoder", "pose_encoder")
 DISCRIMINATORS = ("expression_discriminator", "pose_discriminator")
 CROSS = ("cross_pose_classifier", "cross_expression_classifier")
 #: Small discriminators without dropout, so that two forward passes of one batch agree exactly.
@@ -320,6 +321,24 @@ def test_reconstruction_reaches_the_decoder_identity_and_encoders_only(plugins: 
         assert not _reaches(got[n]), n
 
 
+def test_own_pose_backbone_keeps_the_pose_supervision_out_of_the_expression_trunk(plugins: Plugins,
+                                                                                  samples: Samples) -> None:
+    """``shared_trunk: false`` (the recipe's setting): the pose loss trains the pose backbone and
+    encoder and never the trunk f_e is read from; the expression loss never the pose backbone."""
+    method = _method(plugins, samples)
+    assert "pose_backbone" in method.optimizer_groups()["main"]
+    ctx, _ = _step(method, _batch(samples, method))
+    names = ("backbone", "expression_encoder", "pose_backbone", "pose_encoder")
+    pose = _grads(ctx.updates["main"]["pose"], method, names)
+    assert _reaches(pose["pose_backbone"]) and _reaches(pose["pose_encoder"])
+    assert not _reaches(pose["backbone"]) and not _reaches(pose["expression_encoder"])
+    expression = _grads(ctx.updates["main"]["expression"], method, names)
+    assert _reaches(expression["backbone"]) and not _reaches(expression["pose_backbone"])
+    shared = _method(plugins, samples, "method.shared_trunk=true")  # the pose loss does reach it
+    ctx, _ = _step(shared, _batch(samples, shared))
+    assert _reaches(_grads(ctx.updates["main"]["pose"], shared, ("backbone",))["backbone"])
+
+
 def test_decoder_normalizes_source_target_and_partner_codes_apart(plugins: Plugins, samples: Samples) -> None:
     method = _method(plugins, samples)
     batch = _batch(samples, method)
@@ -410,7 +429,7 @@ FULL_TERMS = {"expression", "pose", "adversarial", "cross", "reconstruction", "c
     ("method.reconstruction=false", {"reconstruction"}, {"decoder", "identity"}, set()),
     ("method.rec_weight=0", {"reconstruction"}, {"decoder", "identity"}, set()),
     ("method.pose_branch=false", {"pose", "cross", "cross_classifiers"},
-     {"pose_encoder", "pose_classifier", "pose_discriminator", *CROSS}, {"adversarial", "reconstruction"}),
+     {"pose_backbone", "pose_encoder", "pose_classifier", "pose_discriminator", *CROSS}, {"adversarial", "reconstruction"}),
     ("method.pose_weight=0", {"pose"}, set(), set()),
     ("method.adaptation=false", {"adversarial"}, {*DISCRIMINATORS, "grl"}, set()),
     ("method.adv_weight=0", {"adversarial"}, {*DISCRIMINATORS, "grl"}, set()),
