@@ -12,13 +12,13 @@ the recipe's value only where it beats the current recipe by more than one stand
 paired per-person differences (the best such candidate of a setting wins); differences of a point
 or two are noise at this size. Settings chosen for cost (``CHEAPER``) take their cheapest
 candidate not behind the current recipe by more than one standard error; settings chosen for
-disentanglement (``DISENTANGLING``) one not behind it whose fresh probe reads less pose from f_e. The settings chosen separately are then run together
-(``combined``) and kept only if that run is not behind the current recipe by more than one
-standard error. Candidates come in rounds (``ROUNDS``), each against the recipe the rounds before
-it made. Writes benchmarks/results/choose_strategies.{json,md} (round 1) or
+disentanglement (``DISENTANGLING``) one not behind it whose fresh probe reads less pose from
+f_e. The settings chosen separately are then run together (``combined``) and kept only if that
+run is not behind the current recipe by more than one standard error. Candidates come in rounds
+(``ROUNDS``), each against the recipe the rounds before it made. Writes benchmarks/results/choose_strategies.{json,md} (round 1) or
 choose_strategies-roundN.{json,md}; finished runs are kept under --workdir and skipped.
 
-    python benchmarks/choose_strategies.py --round 2 --jobs 2
+    python benchmarks/choose_strategies.py --round 3 --jobs 2
 """
 
 from __future__ import annotations
