@@ -10,9 +10,9 @@ frontal, target people at every view).
 One setting at a time, each against the recipe as it stands (``current``): a candidate replaces
 the recipe's value only where it beats the current recipe by more than one standard error of the
 paired per-person differences (the best such candidate of a setting wins); differences of a point
-or two are noise at this size. Settings chosen for cost (``CHEAPER``) take their cheapest
+or two are noise at this size. Settings chosen for cost (``RULES``) take their cheapest
 candidate not behind the current recipe by more than one standard error; settings chosen for
-disentanglement (``DISENTANGLING``) one not behind it whose fresh probe reads less pose from
+disentanglement one not behind it whose fresh probe reads less pose from
 f_e. The settings chosen separately are then run together (``combined``) and kept only if that
 run is not behind the current recipe by more than one standard error. Candidates come in rounds
 (``ROUNDS``), each against the recipe the rounds before it made. Writes benchmarks/results/choose_strategies.{json,md} (round 1) or
@@ -88,12 +88,10 @@ ROUNDS: dict[int, dict[str, dict[str, list[str]]]] = {
     },
 }
 
-#: Settings chosen for cost: the first (cheapest) candidate not behind the current recipe by more
-#: than one standard error wins.
-CHEAPER = {"adaptation schedule"}
-#: Settings chosen for disentanglement: a candidate wins where it is not behind the current recipe
-#: by more than one standard error and a fresh probe on held-out people reads less pose from f_e.
-DISENTANGLING = {"pose backbone"}
+#: Settings chosen by a rule other than ``better`` (see ``choose``): for cost, the first (cheapest)
+#: candidate not behind the current recipe by more than one standard error; for disentanglement,
+#: one not behind it whose fresh probe on held-out people reads less pose from f_e.
+RULES = {"adaptation schedule": "cheaper", "pose backbone": "disentangling"}
 
 
 #: Candidates that differ from the recipe in adaptation-time terms alone: they adapt from the
@@ -122,9 +120,6 @@ def choose(current: dict[str, Any], candidates: list[dict[str, Any]], rule: str 
     better = [c for c in candidates if behind(c, current) > 0]
     return max(better, key=lambda c: c["accuracy"]) if better else None
 
-
-def rule_of(setting: str) -> str:
-    return "cheaper" if setting in CHEAPER else "disentangling" if setting in DISENTANGLING else "better"
 
 
 def main() -> None:
@@ -163,8 +158,9 @@ def main() -> None:
     settings = {}
     for setting, cands in settings_of_round.items():
         rows = [done[lab] for lab in cands]
-        won = choose(cur, rows, rule_of(setting))
-        settings[setting] = {"candidates": rows, "rule": rule_of(setting), "chosen": won["label"] if won else "current"}
+        rule = RULES.get(setting, "better")
+        won = choose(cur, rows, rule)
+        settings[setting] = {"candidates": rows, "rule": rule, "chosen": won["label"] if won else "current"}
     chosen = [done[s["chosen"]] for s in settings.values() if s["chosen"] != "current"]
     report: dict[str, Any] = {"date": date.today().isoformat(), "machine": _machine(),
                               "command": "python benchmarks/choose_strategies.py " + " ".join(sys.argv[1:]),

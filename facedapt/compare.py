@@ -99,6 +99,12 @@ def _mean(xs: Iterable[float]) -> float:
     return statistics.fmean(xs) if xs else float("nan")
 
 
+def _key_means(results: Sequence[dict[str, Any]], field: str) -> dict[str, float]:
+    """The mean over results of each key of their ``field`` dicts (a result may lack some)."""
+    keys = sorted({k for r in results for k in (r.get(field) or {})})
+    return {k: _mean(r[field][k] for r in results if k in (r.get(field) or {})) for k in keys}
+
+
 def pair_key(seed: Any, subject: str) -> str:
     """How a (seed, subject) result is named in ``pairs``."""
     return f"{seed}/{subject}"
@@ -115,7 +121,6 @@ def summarize_group(results: Sequence[dict[str, Any]], baseline: dict[str, float
     subjects = sorted({sid for subj in by_seed.values() for sid in subj}, key=_natural)
     per_subject = {sid: _mean(subj[sid]["accuracy"] for subj in by_seed.values() if sid in subj) for sid in subjects}
     yaws = sorted({y for r in results for y in r.get("per_yaw", {})}, key=lambda y: int(y))
-    leak_keys = sorted({k for r in results for k in (r.get("leakage") or {})})
     adapt = [s for r in results for s in (r.get("timing", {}).get("per_subject_adapt") or {}).values()]
     pairs = {pair_key(seed, sid): v for seed, subj in by_seed.items() for sid, v in subj.items()}
     row: dict[str, Any] = {
@@ -125,9 +130,8 @@ def summarize_group(results: Sequence[dict[str, Any]], baseline: dict[str, float
         "subject_std": sample_std(list(per_subject.values())),
         "per_subject": per_subject,
         "per_yaw": {y: _mean(r["per_yaw"][y] for r in results if y in r.get("per_yaw", {})) for y in yaws},
-        "leakage": {k: _mean(r["leakage"][k] for r in results if k in (r.get("leakage") or {})) for k in leak_keys},
-        "leakage_chance": {k: _mean(r["leakage_chance"][k] for r in results if k in (r.get("leakage_chance") or {}))
-                           for k in leak_keys if any(k in (r.get("leakage_chance") or {}) for r in results)},
+        "leakage": _key_means(results, "leakage"),
+        "leakage_chance": _key_means(results, "leakage_chance"),
         "adapt_seconds_per_subject": _mean(adapt),
     }
     for m in METRICS:
