@@ -91,11 +91,10 @@ def development_arguments(ap: argparse.ArgumentParser, script: str) -> None:
     ap.add_argument("overrides", nargs="*", help="extra recipe overrides for every run")
 
 
-def development_overrides(args: argparse.Namespace, *extra: str) -> list[str]:
-    """Every development run's overrides: the development people, the comparison's quick
-    configuration, then ``extra`` and the command line's."""
-    return [*people(DEV_DATASET_SEED, args.targets, DEV_DATASET_SEED), *configuration(False)["overrides"], *extra,
-            *args.overrides]
+def development_overrides(args: argparse.Namespace, *extra: str, seed: int = DEV_DATASET_SEED) -> list[str]:
+    """Every development run's overrides: the development people of ``seed`` (run and dataset
+    seed), the comparison's quick configuration, then ``extra`` and the command line's."""
+    return [*people(seed, args.targets, seed), *configuration(False)["overrides"], *extra, *args.overrides]
 
 
 def name(c: dict[str, float]) -> str:

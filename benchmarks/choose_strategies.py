@@ -14,11 +14,15 @@ or two are noise at this size. Settings chosen for cost (``RULES``) take their c
 candidate not behind the current recipe by more than one standard error; settings chosen for
 disentanglement one not behind it whose fresh probe reads less pose from
 f_e. The settings chosen separately are then run together (``combined``) and kept only if that
-run is not behind the current recipe by more than one standard error. Candidates come in rounds
+run is not behind the current recipe by more than one standard error. With ``--dev-seeds N``
+every candidate runs at N development seeds (new people and new source models each) and the
+standard errors are over all (seed, person) pairs: a candidate that trains its own source model
+differs from the recipe by that model's draw too, which one seed's people cannot show. Candidates come in rounds
 (``ROUNDS``), each against the recipe the rounds before it made. Writes benchmarks/results/choose_strategies.{json,md} (round 1) or
-choose_strategies-roundN.{json,md}; finished runs are kept under --workdir and skipped.
+choose_strategies-roundN[-Mseeds].{json,md}; finished runs are kept under --workdir and skipped.
 
     python benchmarks/choose_strategies.py --round 3 --jobs 2
+    python benchmarks/choose_strategies.py --round 3 --dev-seeds 3 --jobs 2
 """
 
 from __future__ import annotations
@@ -121,32 +125,56 @@ def choose(current: dict[str, Any], candidates: list[dict[str, Any]], rule: str 
     return max(better, key=lambda c: c["accuracy"]) if better else None
 
 
+def pooled(results: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One candidate's runs at each development seed as one result: means over seeds, and every
+    (seed, person) pair kept, so that ``behind``'s standard error also sees how far the seeds' own
+    source models move the difference."""
+    def mean(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else statistics.fmean(values)
+
+    per_person = {}
+    for seed, res in zip(seeds, results, strict=True):
+        for sid, v in res["per_subject"].items():
+            per_person[sid if len(seeds) == 1 else f"{seed}/{sid}"] = v["accuracy"]
+    return {"accuracy": statistics.fmean(r["target_accuracy"] for r in results),
+            "source_accuracy": mean([r.get("source_accuracy") for r in results]),
+            "pose_from_expression": mean([r.get("leakage", {}).get("pose_from_expression") for r in results]),
+            "per_person": per_person}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="pose_shift")
     ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS),
                     help="which round of candidates (its results: choose_strategies[-roundN])")
+    ap.add_argument("--dev-seeds", type=int, default=1,
+                    help="development seeds (dataset seeds from %d on), each with new people and new source "
+                         "models: candidates that train their own source model need several" % DEV_DATASET_SEED)
     development_arguments(ap, "choose_strategies")
     args = ap.parse_args()
     started = time.perf_counter()
+    seeds = [DEV_DATASET_SEED + i for i in range(args.dev_seeds)]
     dev = development_overrides(args, *PROTOCOLS[args.protocol])
     settings_of_round = ROUNDS[args.round]
     suffix = "" if args.round == 1 else f"-round{args.round}"
     workdir = args.workdir / (args.protocol + suffix)
     default_out = args.out == ap.get_default("out")
-    if default_out:
-        args.out = args.out.with_name(args.out.name + suffix)
+    if default_out:  # several seeds' results next to the one seed's; the runs are shared
+        args.out = args.out.with_name(args.out.name + suffix + (f"-{len(seeds)}seeds" if len(seeds) > 1 else ""))
+
+    def run_dir(label: str, seed: int) -> Path:
+        # The first development seed's runs stay where one-seed rounds put them.
+        return workdir / slug(label) if seed == DEV_DATASET_SEED else workdir / f"seed{seed}" / slug(label)
 
     def evaluate(label: str, ov: list[str]) -> dict[str, Any]:
-        warm = []
-        if label in ADAPTATION_TIME:
-            warm = [f"train.init_from={workdir / slug('current') / 'source' / 'model.pt'}", "train.source_steps=0"]
-        res = run("pada", workdir / slug(label), [*dev, *ov, *warm], args.threads)
-        return {"label": label, "overrides": ov, "accuracy": res["target_accuracy"],
-                "source_accuracy": res.get("source_accuracy"),
-                "pose_from_expression": res.get("leakage", {}).get("pose_from_expression"),
-                "per_person": {sid: v["accuracy"] for sid, v in res["per_subject"].items()}}
+        results = []
+        for seed in seeds:
+            warm = []
+            if label in ADAPTATION_TIME:
+                warm = [f"train.init_from={run_dir('current', seed) / 'source' / 'model.pt'}", "train.source_steps=0"]
+            ov_seed = [*development_overrides(args, *PROTOCOLS[args.protocol], seed=seed), *ov, *warm]
+            results.append(run("pada", run_dir(label, seed), ov_seed, args.threads))
+        return {"label": label, "overrides": ov, **pooled(results, seeds)}
 
     flat = [("current", [])] + [(lab, ov) for cands in settings_of_round.values() for lab, ov in cands.items()]
     own = [c for c in flat if c[0] not in ADAPTATION_TIME]
@@ -164,7 +192,7 @@ def main() -> None:
     chosen = [done[s["chosen"]] for s in settings.values() if s["chosen"] != "current"]
     report: dict[str, Any] = {"date": date.today().isoformat(), "machine": _machine(),
                               "command": "python benchmarks/choose_strategies.py " + " ".join(sys.argv[1:]),
-                              "round": args.round, "protocol": args.protocol, "dataset_seed": DEV_DATASET_SEED, "targets": args.targets,
+                              "round": args.round, "protocol": args.protocol, "dataset_seed": DEV_DATASET_SEED, "dev_seeds": len(seeds), "targets": args.targets,
                               "overrides": dev, "current": cur, "settings": settings}
     if len(chosen) > 1:  # the separate choices together: kept unless they fall behind the current recipe
         # Named by what it combines: a run directory is reused only for the same combination.
@@ -195,7 +223,7 @@ def render(rep: dict[str, Any]) -> str:
         return f"| {c['label']} | {100 * c['accuracy']:.1f} | {d} | {'-' if probe is None else f'{100 * probe:.1f}'} | {mark} |"
 
     out = [f"Round {rep.get('round', 1)}: strategy settings chosen on development people under the {rep['protocol']} protocol "
-           f"({rep['date']}, {rep['machine']}): dataset seed {rep['dataset_seed']}, {rep['targets']} people, each "
+           f"({rep['date']}, {rep['machine']}): {_people(rep)}, each "
            f"adapted on half its captures and scored on the other half; every candidate its own source model "
            f"(those acting in adaptation only adapt from the current recipe's); "
            f"`{rep['command']}` ({rep['seconds'] // 60} min).", "",
@@ -211,6 +239,14 @@ def render(rep: dict[str, Any]) -> str:
     out += ["", "Chosen: " + (", ".join(ch) if ch else "the recipe as it stood (no candidate beat it by more "
                               "than one standard error)") + ".", ""]
     return "\n".join(out)
+
+
+def _people(rep: dict[str, Any]) -> str:
+    first, n = rep["dataset_seed"], rep.get("dev_seeds", 1)
+    if n == 1:
+        return f"dataset seed {first}, {rep['targets']} people"
+    return (f"dataset seeds {first} to {first + n - 1}, {rep['targets']} people each (new people and new source "
+            f"models per seed; standard errors over the {n * rep['targets']} (seed, person) pairs)")
 
 
 if __name__ == "__main__":

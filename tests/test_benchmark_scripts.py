@@ -120,3 +120,28 @@ def test_cost_and_disentanglement_choices_keep_accuracy_within_one_standard_erro
     assert choose(current, [cand("own trunk", [0.01, -0.01, 0.02, -0.01], probe=0.3)], "disentangling")["label"] == "own trunk"
     assert choose(current, [cand("leaky", [0.01, -0.01, 0.02, -0.01], probe=0.6)], "disentangling") is None
     assert choose(current, [cand("costly", [-0.02, -0.03, -0.02, -0.03], probe=0.1)], "disentangling") is None
+
+
+def test_several_development_seeds_pool_every_seed_person_pair() -> None:
+    cs = benchmark_module("choose_strategies")
+
+    def res(accs: list[float], probe: float | None = 0.3) -> dict:
+        return {"target_accuracy": sum(accs) / len(accs), "source_accuracy": 0.4,
+                "leakage": {} if probe is None else {"pose_from_expression": probe},
+                "per_subject": {f"S{i}": {"accuracy": a} for i, a in enumerate(accs)}}
+
+    current = {"label": "current", **cs.pooled([res([0.5] * 4), res([0.5] * 4)], [1000, 1001])}
+    # Its own source model helped at the first seed and hurt at the second: a draw, not a setting.
+    drawn = {"label": "own model", **cs.pooled([res([0.53, 0.54, 0.53, 0.54]), res([0.47, 0.46, 0.47, 0.46])],
+                                               [1000, 1001])}
+    assert sorted(drawn["per_person"]) == ["1000/S0", "1000/S1", "1000/S2", "1000/S3",
+                                           "1001/S0", "1001/S1", "1001/S2", "1001/S3"]
+    assert drawn["accuracy"] == pytest.approx(0.5) and drawn["pose_from_expression"] == pytest.approx(0.3)
+    assert cs.choose(current, [drawn]) is None
+    # The first seed alone cannot tell the draw from a gain.
+    one = {"label": "current", **cs.pooled([res([0.5] * 4)], [1000])}
+    first = {"label": "own model", **cs.pooled([res([0.53, 0.54, 0.53, 0.54])], [1000])}
+    assert sorted(first["per_person"]) == ["S0", "S1", "S2", "S3"]
+    assert cs.choose(one, [first])["label"] == "own model"
+    # A probe missing at any seed is missing, not averaged over the seeds that have it.
+    assert cs.pooled([res([0.5] * 4), res([0.5] * 4, probe=None)], [1000, 1001])["pose_from_expression"] is None
