@@ -145,3 +145,20 @@ def test_several_development_seeds_pool_every_seed_person_pair() -> None:
     assert cs.choose(one, [first])["label"] == "own model"
     # A probe missing at any seed is missing, not averaged over the seeds that have it.
     assert cs.pooled([res([0.5] * 4), res([0.5] * 4, probe=None)], [1000, 1001])["pose_from_expression"] is None
+
+
+def test_every_candidate_of_the_strategies_choice_is_a_valid_pada_recipe() -> None:
+    import facedapt
+    from facedapt.plugin_manager import get_plugins
+    from facedapt.recipe.validate import validate
+
+    cs = benchmark_module("choose_strategies")
+    recipe = str(cs.ROOT / "recipes" / "pada.yaml")
+    assert set(cs.RULES) <= {s for r in cs.ROUNDS.values() for s in r}, "a rule names no setting"
+    for settings in cs.ROUNDS.values():
+        for candidates in settings.values():
+            for ov in candidates.values():
+                loaded = facedapt.load_recipe(recipe, [*cs.PROTOCOLS["pose_shift"], *ov])
+                validate(loaded, get_plugins())  # raises on an unknown key or argument
+    widths = [facedapt.load_recipe(recipe, ov).recipe.model for ov in cs.ROUNDS[4]["pose backbone width"].values()]
+    assert [m["pose_backbone"].kwargs["width"] for m in widths] == [8, 16]  # cheapest first
