@@ -37,7 +37,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from facedapt.compare import accuracies, add_paired, markdown, paired_cell, summarize_group
+from facedapt.compare import accuracies, add_paired, markdown, paired_cell, per_seed_cell, summarize_group
 from facedapt.stats import excludes_zero, paired
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,8 +288,9 @@ def render(rep: dict[str, Any]) -> str:
     effects = rep.get("ablation_effects") or {}
     if effects:
         out += ["Each strategy's effect: the full method minus the row without it, points [95% CI] "
-                "(pairs where the full method was better / pairs)", ""]
-        out += [f"- {LABELS[ab].strip()}: {paired_cell(p)}" for ab, p in effects.items()]
+                "(pairs where the full method was better / pairs; the mean per seed)", ""]
+        out += [f"- {LABELS[ab].strip()}: {paired_cell(p)}; {per_seed_cell(p)}".removesuffix("; ")
+                for ab, p in effects.items()]
         out.append("")
     g = rep.get("goal") or {}
     if g:
@@ -297,7 +298,8 @@ def render(rep: dict[str, Any]) -> str:
         for b in ("adabn", "dann"):
             if f"over_{b}" in g:
                 x = g[f"over_{b}"]
-                parts.append(f"over {LABELS[b].strip()} {paired_cell(x)}: {'met' if x['met'] else 'not met'}")
+                seeds = f", {per_seed_cell(x)}" if per_seed_cell(x) else ""
+                parts.append(f"over {LABELS[b].strip()} {paired_cell(x)}{seeds}: {'met' if x['met'] else 'not met'}")
         if "worst_person_gain" in g:
             parts.append(f"worst person {100 * g['worst_person_gain']:+.1f} points against its source model "
                          f"(goal no worse than -3): {'met' if g['no_person_below_3_points'] else 'not met'}")

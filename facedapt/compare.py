@@ -168,6 +168,13 @@ def paired_cell(p: dict[str, Any] | None) -> str:
     return f"{100 * p['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{star} ({p['improved']}/{p['n']})"
 
 
+def per_seed_cell(p: dict[str, Any] | None) -> str:
+    """``seeds +2.1 / -0.5 / +3.5``: the mean difference per seed, in points ("" without seeds)."""
+    if not p or len(p.get("per_seed") or {}) < 2:
+        return ""
+    return "seeds " + " / ".join(f"{100 * d:+.1f}" for _, d in sorted(p["per_seed"].items(), key=lambda kv: _natural(kv[0])))
+
+
 def _natural(s: str) -> tuple:
     return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
 

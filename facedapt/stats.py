@@ -64,7 +64,10 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 def paired(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, Any]:
     """``a - b`` over the keys both hold (e.g. ``"<seed>/<person>"``): mean, 95% interval (paired
-    t), the number of pairs and how many of them ``a`` improved (difference > 0)."""
+    t), the number of pairs and how many of them ``a`` improved (difference > 0). With
+    ``"<seed>/<person>"`` keys also the mean per seed (``per_seed``): the people of a seed share
+    its source models, so the interval, which treats pairs as independent, should be read with
+    how much the seeds agree."""
     keys = [k for k in a if k in b and not (_nan(a[k]) or _nan(b[k]))]
     diffs = [a[k] - b[k] for k in keys]
     n = len(diffs)
@@ -76,7 +79,13 @@ def paired(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, Any]:
         ci = [mean - half, mean + half]
     else:
         ci = [float("nan"), float("nan")]
-    return {"mean": mean, "ci95": ci, "n": n, "improved": sum(d > 0 for d in diffs), "method": "paired t"}
+    out = {"mean": mean, "ci95": ci, "n": n, "improved": sum(d > 0 for d in diffs), "method": "paired t"}
+    if all("/" in k for k in keys):
+        by_seed: dict[str, list[float]] = {}
+        for k, d in zip(keys, diffs):
+            by_seed.setdefault(k.split("/", 1)[0], []).append(d)
+        out["per_seed"] = {seed: statistics.fmean(ds) for seed, ds in by_seed.items()}
+    return out
 
 
 def excludes_zero(p: Mapping[str, Any]) -> bool:

@@ -169,6 +169,9 @@ def test_benchmark_goal_checks_each_strategy_and_the_probe() -> None:
     report = bench.summarize(results, 6, [0, 1], [], 1.0)
     assert not report["goal"]["probe"]["met"]
     assert "cross-adversarial terms" in bench.render(report) and "goal at most 35.0%" in bench.render(report)
+    # Each effect also per seed: the cross terms +5 points at both seeds.
+    assert report["ablation_effects"]["pada_no_cross"]["per_seed"] == pytest.approx({"0": 0.05, "1": 0.05})
+    assert "cross-adversarial terms: +5.0 [" in bench.render(report) and "; seeds +5.0 / +5.0" in bench.render(report)
     results["pada"] = runs(-0.05, 0.3)  # the probe's goal reached at a cost in accuracy
     assert not bench.summarize(results, 6, [0, 1], [], 1.0)["goal"]["probe"]["met"]
 
@@ -221,6 +224,8 @@ def test_paired_difference_against_a_hand_computed_example() -> None:
     assert t_quantile(0.975, 23) == pytest.approx(2.0687, abs=1e-4)
     assert t_quantile(0.025, 9) == pytest.approx(-2.2622, abs=1e-4)
     assert paired(b, a)["improved"] == 0
+    assert p["per_seed"] == pytest.approx({"0": 0.015, "1": 0.04})
+    assert "per_seed" not in paired({"a": 0.5, "b": 0.6}, {"a": 0.4, "b": 0.4})  # no seeds in the keys
 
 
 def test_compare_pairs_rows_by_seed_and_subject(runs_dir: Path, sweep_dir: Path) -> None:
