@@ -161,6 +161,8 @@ def main() -> None:
                          "models: candidates that train their own source model need several" % DEV_DATASET_SEED)
     development_arguments(ap, "choose_strategies")
     args = ap.parse_args()
+    if args.dev_seeds < 1:
+        ap.error(f"--dev-seeds {args.dev_seeds}: needs at least 1")
     started = time.perf_counter()
     seeds = [DEV_DATASET_SEED + i for i in range(args.dev_seeds)]
     dev = development_overrides(args, *PROTOCOLS[args.protocol])
