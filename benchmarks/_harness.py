@@ -231,6 +231,8 @@ DOC_SECTIONS = {
                                  "No results yet: run `python benchmarks/choose_strategies.py --round 2`."),
     "choose_strategies_round3": ("choose_strategies-round3.md",
                                  "No results yet: run `python benchmarks/choose_strategies.py --round 3`."),
+    "choose_strategies_round4": ("choose_strategies-round4-3seeds.md",
+                                 "Not run yet: `python benchmarks/choose_strategies.py --round 4 --dev-seeds 3 --jobs 2`."),
     "main_job": ("main_job.md", "No results yet: run `python benchmarks/main_job.py`."),
     "strategies": ("strategies.md", "No results yet: run `python benchmarks/strategies.py`."),
 }
