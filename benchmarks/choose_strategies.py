@@ -43,6 +43,8 @@ from _harness import update_docs  # noqa: E402
 from choose_defaults import behind, development_arguments, development_overrides  # noqa: E402
 from compare import DEV_DATASET_SEED, PROTOCOLS, _machine, run  # noqa: E402
 
+from facedapt.compare import pair_key  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 POSE_WARP = "{name: pose_warp, max_degrees: 30, p: 0.5}"
 #: round -> setting -> candidates (label -> overrides of the pada recipe as it stood then).
@@ -144,7 +146,7 @@ def pooled(results: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     per_person = {}
     for seed, res in zip(seeds, results, strict=True):
         for sid, v in res["per_subject"].items():
-            per_person[sid if len(seeds) == 1 else f"{seed}/{sid}"] = v["accuracy"]
+            per_person[sid if len(seeds) == 1 else pair_key(seed, sid)] = v["accuracy"]
     return {"accuracy": statistics.fmean(r["target_accuracy"] for r in results),
             "source_accuracy": mean([r.get("source_accuracy") for r in results]),
             "pose_from_expression": mean([r.get("leakage", {}).get("pose_from_expression") for r in results]),

@@ -258,6 +258,12 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, CPU only" + (f", ONEDNN_MAX_CPU_ISA={isa}" if isa else "")
 
 
+def _with_seeds(p: dict[str, Any], sep: str) -> str:
+    """A paired difference's cell, then its mean per seed where it has seeds."""
+    seeds = per_seed_cell(p)
+    return paired_cell(p) + (sep + seeds if seeds else "")
+
+
 def render(rep: dict[str, Any]) -> str:
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}"
     rows = rep["rows"]
@@ -289,8 +295,7 @@ def render(rep: dict[str, Any]) -> str:
     if effects:
         out += ["Each strategy's effect: the full method minus the row without it, points [95% CI] "
                 "(pairs where the full method was better / pairs; the mean per seed)", ""]
-        out += [f"- {LABELS[ab].strip()}: {paired_cell(p)}; {per_seed_cell(p)}".removesuffix("; ")
-                for ab, p in effects.items()]
+        out += [f"- {LABELS[ab].strip()}: {_with_seeds(p, '; ')}" for ab, p in effects.items()]
         out.append("")
     g = rep.get("goal") or {}
     if g:
@@ -298,8 +303,7 @@ def render(rep: dict[str, Any]) -> str:
         for b in ("adabn", "dann"):
             if f"over_{b}" in g:
                 x = g[f"over_{b}"]
-                seeds = f", {per_seed_cell(x)}" if per_seed_cell(x) else ""
-                parts.append(f"over {LABELS[b].strip()} {paired_cell(x)}{seeds}: {'met' if x['met'] else 'not met'}")
+                parts.append(f"over {LABELS[b].strip()} {_with_seeds(x, ', ')}: {'met' if x['met'] else 'not met'}")
         if "worst_person_gain" in g:
             parts.append(f"worst person {100 * g['worst_person_gain']:+.1f} points against its source model "
                          f"(goal no worse than -3): {'met' if g['no_person_below_3_points'] else 'not met'}")
